@@ -1,0 +1,276 @@
+"""Storage benchmark on the local Cassandra node: our write path against the ancestor's, bulk throughput,
+and the 30-day history counts over 1,000,000 predictions against a naive full scan counted in pandas.
+
+Run: .venv/bin/python bench/storage.py [--predictions 1000000]
+It starts the node with scripts/cassandra if needed (and stops it again if it did), works in
+its own keyspace (dropped at the end unless --keep), and prints one JSON object as its last line:
+{"insert_speedup", "inserts_per_s", "history_1m_ms", "history_speedup", ...}.
+Loading a million predictions takes a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import pathlib
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY_ROOT))
+
+import pandas  # noqa: E402
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # noqa: E402
+from cassandra.policies import RoundRobinPolicy  # noqa: E402
+
+from mnist_core.settings import settings_from_mapping  # noqa: E402
+from mnist_core.storage import PredictionRecord, PredictionStore  # noqa: E402
+from mnist_core.storage.records import time_uuid  # noqa: E402
+
+CASSANDRA_SCRIPT = REPOSITORY_ROOT / "scripts" / "cassandra"
+KEYSPACE = "bench_storage"
+UTC = datetime.timezone.utc
+LOAD_CHUNK = 20_000
+TARGETS = {"insert_speedup": 100, "inserts_per_s": 3000, "history_1m_ms": 500, "history_speedup": 50}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def plain_cluster() -> Cluster:
+    return Cluster(
+        ["127.0.0.1"],
+        protocol_version=5,
+        execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=RoundRobinPolicy())},
+    )
+
+
+def make_images(count: int, generator: random.Random) -> list[bytes]:
+    """A few distinct 28x28 images: realistic size per row without spending the benchmark on generating them."""
+    return [bytes(generator.randrange(256) if generator.random() < 0.2 else 0 for _ in range(784)) for _ in range(count)]
+
+
+def make_record(*, digit: int, created_at: datetime.datetime, image: bytes) -> PredictionRecord:
+    probabilities = [0.005] * 10
+    probabilities[digit] = 0.955
+    return PredictionRecord(
+        id=time_uuid(created_at),
+        created_at=created_at,
+        digit=digit,
+        confidence=0.955,
+        probabilities=tuple(probabilities),
+        model_input=image,
+        source="canvas",
+        model_version="bench",
+        latency_ms=5.0,
+    )
+
+
+# Section 1: the ancestor's path (a new Cluster and connection for every insert) against ours.
+
+def ancestor_insert_latencies(samples: int) -> list[float]:
+    setup = plain_cluster()
+    session = setup.connect()
+    session.execute(f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.ancestor_predictions (date timestamp PRIMARY KEY, result text)")
+    setup.shutdown()
+    latencies = []
+    for index in range(samples):
+        started = time.perf_counter()
+        cluster = Cluster(["127.0.0.1"])
+        session = cluster.connect()
+        session.execute(
+            f"INSERT INTO {KEYSPACE}.ancestor_predictions (date, result) VALUES (toTimestamp(now()), %s)", (str(index % 10),)
+        )
+        cluster.shutdown()
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def our_insert_latencies(store: PredictionStore, samples: int, images: list[bytes]) -> list[float]:
+    latencies = []
+    for index in range(samples):
+        record = PredictionRecord.new(
+            digit=index % 10,
+            confidence=0.955,
+            probabilities=[0.955 if digit == index % 10 else 0.005 for digit in range(10)],
+            model_input=images[index % len(images)],
+            source="canvas",
+            model_version="bench",
+            latency_ms=5.0,
+        )
+        started = time.perf_counter()
+        store.store(record)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+# Section 2: loading 1,000,000 predictions over 30 days, measured as sustained bulk throughput.
+
+def load_predictions(store: PredictionStore, *, total: int, first_day: datetime.date, days: int,
+                     images: list[bytes], generator: random.Random) -> tuple[float, int]:
+    """Write ``total`` predictions spread over the days; returns (seconds spent writing, rows written)."""
+    window_start = datetime.datetime.combine(first_day, datetime.time.min, tzinfo=UTC)
+    window_milliseconds = days * 86_400_000
+    writing_seconds = 0.0
+    written = 0
+    while written < total:
+        size = min(LOAD_CHUNK, total - written)
+        records = [
+            make_record(
+                digit=generator.randrange(10),
+                created_at=window_start + datetime.timedelta(milliseconds=generator.randrange(window_milliseconds)),
+                image=images[generator.randrange(len(images))],
+            )
+            for _ in range(size)
+        ]
+        started = time.perf_counter()
+        store.store_many(records)
+        writing_seconds += time.perf_counter() - started
+        written += size
+        if written % 100_000 == 0 or written == total:
+            print(f"  loaded {written:>9,} predictions, {written / writing_seconds:,.0f}/s while writing", flush=True)
+    return writing_seconds, written
+
+
+# Section 3: the history question, answered from the rollup and by a naive full scan.
+
+def naive_history_counts(first_day: datetime.date, last_day: datetime.date) -> tuple[float, pandas.DataFrame]:
+    cluster = plain_cluster()
+    session = cluster.connect()
+    session.default_fetch_size = 5000
+    started = time.perf_counter()
+    rows = session.execute(f"SELECT * FROM {KEYSPACE}.predictions_by_day", timeout=600)
+    frame = pandas.DataFrame(list(rows))
+    frame["local_day"] = pandas.to_datetime(frame["created_at"], utc=True).dt.date
+    in_range = frame[(frame["local_day"] >= first_day) & (frame["local_day"] <= last_day)]
+    counts = in_range.groupby(["local_day", "digit"]).size()
+    elapsed = time.perf_counter() - started
+    cluster.shutdown()
+    return elapsed, counts
+
+
+def run_script(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CASSANDRA_SCRIPT), command], capture_output=True, text=True, timeout=900)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--predictions", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--ancestor-samples", type=int, default=30)
+    parser.add_argument("--latency-samples", type=int, default=1000)
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark keyspace afterwards")
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    generator = random.Random(20240601)
+
+    started_node = False
+    if run_script("status").returncode != 0:
+        print("starting the local Cassandra node...", flush=True)
+        result = run_script("start")
+        if result.returncode != 0:
+            print(result.stdout, result.stderr, file=sys.stderr)
+            return 1
+        started_node = True
+
+    setup = plain_cluster()
+    setup_session = setup.connect()
+    version = setup_session.execute("SELECT release_version FROM system.local").one().release_version
+    setup_session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
+    setup.shutdown()
+    print(f"Cassandra {version} on 127.0.0.1:9042, keyspace {KEYSPACE}", flush=True)
+
+    data_directory = tempfile.mkdtemp(prefix="bench-storage-")
+    settings = settings_from_mapping({"MNIST_CASSANDRA_KEYSPACE": KEYSPACE, "MNIST_DATA_DIR": data_directory})
+    store = PredictionStore(settings, background=False)
+    store.connect()
+    images = make_images(32, generator)
+    try:
+        print(f"(a) insert latency: ancestor ({arguments.ancestor_samples} inserts, new Cluster each) "
+              f"against ours ({arguments.latency_samples} inserts, one session)", flush=True)
+        ancestor = ancestor_insert_latencies(arguments.ancestor_samples)
+        ours = our_insert_latencies(store, arguments.latency_samples, images)
+        ancestor_p50, ancestor_p99 = percentile(ancestor, 0.5) * 1000, percentile(ancestor, 0.99) * 1000
+        ours_p50, ours_p99 = percentile(ours, 0.5) * 1000, percentile(ours, 0.99) * 1000
+        print(f"  ancestor p50 {ancestor_p50:.1f} ms, p99 {ancestor_p99:.1f} ms", flush=True)
+        print(f"  ours     p50 {ours_p50:.2f} ms, p99 {ours_p99:.2f} ms", flush=True)
+
+        today = datetime.datetime.now(UTC).date()
+        first_day = today - datetime.timedelta(days=arguments.days)
+        last_day = today - datetime.timedelta(days=1)
+        print(f"(b) loading {arguments.predictions:,} predictions over {first_day}..{last_day}", flush=True)
+        load_started = time.perf_counter()
+        writing_seconds, written = load_predictions(
+            store, total=arguments.predictions, first_day=first_day, days=arguments.days, images=images,
+            generator=generator,
+        )
+        refresh_started = time.perf_counter()
+        store.flush(timeout_seconds=600)
+        store.refresh_marked_slots(days=arguments.days + 2)
+        refresh_seconds = time.perf_counter() - refresh_started
+        inserts_per_second = written / writing_seconds
+        print(f"  {inserts_per_second:,.0f} inserts/s while writing; counts recomputed in {refresh_seconds:.1f} s; "
+              f"whole load {time.perf_counter() - load_started:.0f} s", flush=True)
+
+        print(f"(c) history counts for {arguments.days} days over {written:,} predictions", flush=True)
+        history_runs = []
+        for _ in range(7):
+            started = time.perf_counter()
+            history = store.history_counts(start=first_day, end=last_day, timezone="UTC")
+            history_runs.append(time.perf_counter() - started)
+        history_ms = statistics.median(history_runs) * 1000
+        print(f"  rollup: median {history_ms:.1f} ms (first {history_runs[0] * 1000:.1f} ms, "
+              f"max {max(history_runs) * 1000:.1f} ms)", flush=True)
+        naive_seconds, naive_counts = naive_history_counts(first_day, last_day)
+        print(f"  naive SELECT * counted in pandas: {naive_seconds * 1000:,.0f} ms", flush=True)
+        naive_total = int(naive_counts.sum())
+        rollup_total = sum(period.total for period in history.daily)
+        if naive_total != rollup_total:
+            print(f"  MISMATCH: naive counted {naive_total}, rollup {rollup_total}", file=sys.stderr, flush=True)
+            return 1
+        for period in history.daily:
+            for digit, count in enumerate(period.counts):
+                if int(naive_counts.get((period.start.date(), digit), 0)) != count:
+                    print(f"  MISMATCH on {period.start.date()} digit {digit}", file=sys.stderr, flush=True)
+                    return 1
+        print(f"  both count {rollup_total:,} predictions, identical per day and digit", flush=True)
+
+        figures = {
+            "insert_speedup": round(ancestor_p50 / ours_p50, 1),
+            "inserts_per_s": round(inserts_per_second),
+            "history_1m_ms": round(history_ms, 1),
+            "history_speedup": round(naive_seconds * 1000 / history_ms, 1),
+            "ancestor_insert_p50_ms": round(ancestor_p50, 1),
+            "ancestor_insert_p99_ms": round(ancestor_p99, 1),
+            "insert_p50_ms": round(ours_p50, 2),
+            "insert_p99_ms": round(ours_p99, 2),
+            "naive_history_ms": round(naive_seconds * 1000),
+            "predictions": written,
+            "cassandra_version": version,
+        }
+        figures["targets_met"] = all(
+            figures[key] <= target if key == "history_1m_ms" else figures[key] >= target
+            for key, target in TARGETS.items()
+        )
+    finally:
+        store.close()
+        if not arguments.keep:
+            cleanup = plain_cluster()
+            cleanup.connect().execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=300)
+            cleanup.shutdown()
+        if started_node:
+            run_script("stop")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Applies the versioned CQL files in ``mnist_core/schema`` at start-up, each once, recorded in schema_migrations.
+
+Files are named ``NNN_description.cql`` and run in version order. Every statement in them is
+``IF NOT EXISTS``, so running the whole set again (two app processes starting together, or a
+test calling this twice) changes nothing. An applied file must not be edited: its checksum is
+recorded, and a mismatch stops start-up with a sentence saying to add a new file instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import pathlib
+import re
+
+from cassandra.cluster import Cluster, Session
+
+from mnist_core.settings import KEYSPACE_NAME_PATTERN, Replication
+from mnist_core.storage.errors import SchemaMigrationError
+
+SCHEMA_DIRECTORY = pathlib.Path(__file__).resolve().parents[1] / "schema"
+FILE_NAME_PATTERN = re.compile(r"^(\d{3})_([a-z0-9_]+)\.cql$")
+BOOKKEEPING_VERSION = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """One schema file: its version, name, statements and checksum."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    checksum: str
+
+
+def split_statements(text: str) -> tuple[str, ...]:
+    """CQL statements of a file, without ``--`` comment lines (the files keep ';' out of comments and strings)."""
+    kept_lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    statements = tuple(statement.strip() for statement in "\n".join(kept_lines).split(";") if statement.strip())
+    for statement in statements:
+        if statement.count("'") % 2:
+            raise SchemaMigrationError(f"A schema statement has an unclosed quote (a ';' inside a string?): {statement[:80]}")
+    return statements
+
+
+def load_migrations(directory: pathlib.Path = SCHEMA_DIRECTORY) -> list[Migration]:
+    """Every schema file in version order; duplicate versions or stray names are an error."""
+    migrations: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.cql")):
+        match = FILE_NAME_PATTERN.match(path.name)
+        if match is None:
+            raise SchemaMigrationError(f"Schema file {path.name} must be named NNN_description.cql.")
+        version = int(match.group(1))
+        if version in migrations:
+            raise SchemaMigrationError(f"Two schema files share version {version:03d}.")
+        text = path.read_text(encoding="utf-8")
+        migrations[version] = Migration(
+            version=version,
+            name=path.name,
+            statements=split_statements(text),
+            checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        )
+    if BOOKKEEPING_VERSION not in migrations:
+        raise SchemaMigrationError(f"{directory} has no 000_*.cql file creating schema_migrations.")
+    return [migrations[version] for version in sorted(migrations)]
+
+
+def create_keyspace(session: Session, *, keyspace: str, replication: Replication) -> None:
+    """CREATE KEYSPACE IF NOT EXISTS; names cannot be bound, so the keyspace name is validated first."""
+    if not KEYSPACE_NAME_PATTERN.match(keyspace):
+        raise ValueError(f"{keyspace!r} is not a valid keyspace name.")
+    session.execute(
+        f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication.as_cql_map()}"
+    )
+
+
+def apply_migrations(
+    cluster: Cluster,
+    *,
+    keyspace: str,
+    replication: Replication,
+    directory: pathlib.Path = SCHEMA_DIRECTORY,
+) -> list[int]:
+    """Create the keyspace and run every schema file not yet recorded in it.
+
+    The files use unqualified table names, so they run in a short-lived session bound to the
+    keyspace; the app's own session stays unbound and qualifies names (Cassandra 5 warns about
+    prepared statements on a session that ran USE). Returns the versions applied by this call
+    (empty when the schema was already current).
+    """
+    migrations = load_migrations(directory)
+    schema_session = cluster.connect()
+    try:
+        create_keyspace(schema_session, keyspace=keyspace, replication=replication)
+        schema_session.set_keyspace(keyspace)
+        return _apply_files(schema_session, migrations, keyspace=keyspace)
+    finally:
+        schema_session.shutdown()
+
+
+def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str) -> list[int]:
+    bookkeeping = migrations[0]
+    for statement in bookkeeping.statements:
+        session.execute(statement)
+    recorded = {row.version: row.checksum for row in session.execute("SELECT version, checksum FROM schema_migrations")}
+    insert_record = "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (%s, %s, %s, %s)"
+    applied_now: list[int] = []
+    for migration in migrations:
+        if migration.version in recorded:
+            if recorded[migration.version] != migration.checksum:
+                raise SchemaMigrationError(
+                    f"Schema file {migration.name} changed after it was applied to keyspace {keyspace}; "
+                    "add a new numbered file instead of editing an applied one."
+                )
+            continue
+        if migration.version != BOOKKEEPING_VERSION:
+            for statement in migration.statements:
+                session.execute(statement)
+        session.execute(
+            insert_record,
+            (migration.version, migration.name, migration.checksum, datetime.datetime.now(datetime.timezone.utc)),
+        )
+        applied_now.append(migration.version)
+    return applied_now

@@ -1,0 +1,80 @@
+"""A durable local queue of writes that Cassandra has not acknowledged yet: a SQLite file in the data directory.
+
+Entries keep the order they were added in (an autoincrement sequence) and carry the full
+prediction with its client-generated id, so replaying an entry twice writes the same rows
+twice, never two predictions. SQLite runs in WAL mode with full fsync: once ``add`` returns,
+the entry survives a crash of the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sqlite3
+import threading
+import time
+from typing import Any
+
+PREDICTION = "prediction"
+CORRECTION = "correction"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxEntry:
+    """One queued write: its position in the queue, its kind and its JSON payload."""
+
+    sequence: int
+    kind: str
+    payload: dict[str, Any]
+
+
+class Outbox:
+    """The SQLite-backed queue; safe to share between threads (one connection, one lock)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=FULL")
+        self._connection.execute(
+            "CREATE TABLE IF NOT EXISTS outbox ("
+            " sequence INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " kind TEXT NOT NULL,"
+            " payload TEXT NOT NULL,"
+            " enqueued_at REAL NOT NULL)"
+        )
+
+    def add(self, kind: str, payload: dict[str, Any]) -> int:
+        """Append one write durably; returns its sequence number."""
+        if kind not in (PREDICTION, CORRECTION):
+            raise ValueError(f"Unknown outbox entry kind {kind!r}.")
+        with self._lock:
+            cursor = self._connection.execute(
+                "INSERT INTO outbox (kind, payload, enqueued_at) VALUES (?, ?, ?)",
+                (kind, json.dumps(payload, separators=(",", ":")), time.time()),
+            )
+            return int(cursor.lastrowid)
+
+    def peek(self, limit: int) -> list[OutboxEntry]:
+        """The oldest entries, in the order they were added."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT sequence, kind, payload FROM outbox ORDER BY sequence LIMIT ?", (limit,)
+            ).fetchall()
+        return [OutboxEntry(sequence=row[0], kind=row[1], payload=json.loads(row[2])) for row in rows]
+
+    def remove_through(self, sequence: int) -> None:
+        """Drop every entry up to and including ``sequence`` (they are in Cassandra now)."""
+        with self._lock:
+            self._connection.execute("DELETE FROM outbox WHERE sequence <= ?", (sequence,))
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return int(self._connection.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()

@@ -1,0 +1,360 @@
+"""The CQL side of storage: statements prepared once per session, and one method per question the app asks.
+
+Writes are INSERTs (or a plain column UPDATE) keyed by the client-generated prediction id and
+marked idempotent, so the driver may retry them and the outbox may replay them without ever
+counting a prediction twice. Counts never scan predictions: each 15-minute slot's per-digit
+counts are recounted from a narrow table and stored as one rollup row (see 001_predictions.cql).
+Driver exceptions pass through; :mod:`mnist_core.storage.service` decides what they mean.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+import zoneinfo
+from collections.abc import Iterable, Sequence
+
+from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
+
+from mnist_core.settings import KEYSPACE_NAME_PATTERN
+from mnist_core.storage import buckets
+from mnist_core.storage.errors import PredictionNotFound
+from mnist_core.storage.records import (
+    DIGIT_COUNT,
+    AccuracyReport,
+    HistoryCounts,
+    PeriodCounts,
+    PredictionRecord,
+    uuid_time,
+)
+
+
+# Predictions per request in bulk writes: about 20 KiB, within the batch thresholds we configure.
+BULK_BATCH_RECORDS = 20
+
+
+def now_microseconds() -> int:
+    """Client clock in microseconds: the unit of Cassandra write timestamps."""
+    return time.time_ns() // 1000
+
+
+class PredictionRepository:
+    """Reads and writes predictions through one session; build it once per session (it prepares statements)."""
+
+    def __init__(self, session: Session, *, keyspace: str, request_timeout_seconds: float) -> None:
+        if not KEYSPACE_NAME_PATTERN.match(keyspace):
+            raise ValueError(f"{keyspace!r} is not a valid keyspace name.")
+        self._session = session
+        self._keyspace = keyspace
+        # A dirty marker must outlive any recount that could have missed the write it marks:
+        # such a recount starts before the write is acknowledged, at most one request timeout
+        # after it was sent. Markers are therefore written with a timestamp this far ahead.
+        self._marker_lead_microseconds = int(2 * request_timeout_seconds * 1_000_000)
+        self._request_timeout_microseconds = int(request_timeout_seconds * 1_000_000)
+        self._marker_written_until: dict[datetime.datetime, int] = {}
+        prepare = self._prepare
+        self._insert_prediction = prepare(
+            "INSERT INTO {keyspace}.predictions_by_day (day, created_at, id, digit, number, confidence, probabilities, "
+            "model_input, source, model_version, latency_ms, true_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._insert_slot_digit = prepare(
+            "INSERT INTO {keyspace}.prediction_digits_by_day (day, slot_start, digit, id) VALUES (?, ?, ?, ?)"
+        )
+        self._insert_marker = prepare(
+            "INSERT INTO {keyspace}.count_slots_to_refresh_by_day (day, slot_start, requested_at) VALUES (?, ?, ?) "
+            "USING TIMESTAMP ?"
+        )
+        self._select_markers = prepare(
+            "SELECT slot_start, WRITETIME(requested_at) AS marked_until FROM {keyspace}.count_slots_to_refresh_by_day "
+            "WHERE day = ?"
+        )
+        self._delete_marker = prepare(
+            "DELETE FROM {keyspace}.count_slots_to_refresh_by_day USING TIMESTAMP ? WHERE day = ? AND slot_start = ?"
+        )
+        self._count_slot = prepare(
+            "SELECT digit, COUNT(*) AS predictions FROM {keyspace}.prediction_digits_by_day "
+            "WHERE day = ? AND slot_start = ? GROUP BY digit"
+        )
+        self._insert_rollup = prepare(
+            "INSERT INTO {keyspace}.digit_counts_by_day (day, slot_start, counts) VALUES (?, ?, ?) USING TIMESTAMP ?"
+        )
+        self._select_rollup = prepare(
+            "SELECT slot_start, counts FROM {keyspace}.digit_counts_by_day WHERE day = ? AND slot_start >= ? "
+            "AND slot_start < ?"
+        )
+        self._select_latest = prepare("SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? LIMIT ?")
+        self._select_prediction_key = prepare(
+            "SELECT digit, model_version FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at = ? AND id = ?"
+        )
+        self._update_true_label = prepare(
+            "UPDATE {keyspace}.predictions_by_day SET true_label = ? WHERE day = ? AND created_at = ? AND id = ?"
+        )
+        self._insert_correction = prepare(
+            "INSERT INTO {keyspace}.corrections_by_day (day, prediction_id, created_at, predicted_digit, true_label, "
+            "model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._select_corrections = prepare(
+            "SELECT created_at, predicted_digit, true_label FROM {keyspace}.corrections_by_day WHERE day = ?"
+        )
+
+    def _prepare(self, query: str) -> PreparedStatement:
+        """Prepare with keyspace-qualified table names ({keyspace}.table is the only formatting ever done)."""
+        statement = self._session.prepare(query.format(keyspace=self._keyspace))
+        # Every statement here can be sent twice safely: inserts and updates set values keyed by id.
+        statement.is_idempotent = True
+        return statement
+
+    # Writing predictions ----------------------------------------------------------------
+
+    def _prediction_statements(self, record: PredictionRecord) -> list[tuple[PreparedStatement, tuple]]:
+        """The rows of one prediction, all in its UTC day partition.
+
+        Absent optional values are left unset (not null), so replaying a prediction never
+        erases a correction recorded since.
+        """
+        day = buckets.utc_day(record.created_at)
+        slot = buckets.slot_start(record.created_at)
+        statements: list[tuple[PreparedStatement, tuple]] = [
+            (
+                self._insert_prediction,
+                (
+                    day,
+                    record.created_at,
+                    record.id,
+                    record.digit,
+                    UNSET_VALUE if record.number is None else record.number,
+                    record.confidence,
+                    list(record.probabilities),
+                    record.model_input,
+                    record.source,
+                    record.model_version,
+                    record.latency_ms,
+                    UNSET_VALUE if record.true_label is None else record.true_label,
+                ),
+            ),
+            (self._insert_slot_digit, (day, slot, record.digit, record.id)),
+        ]
+        now = now_microseconds()
+        if len(self._marker_written_until) > 10_000:
+            self._marker_written_until = {
+                marked_slot: until for marked_slot, until in self._marker_written_until.items() if until > now
+            }
+        # One marker per slot covers every write sent within a request timeout of it (see __init__).
+        if self._marker_written_until.get(slot, 0) < now + self._request_timeout_microseconds:
+            marked_until = now + self._marker_lead_microseconds
+            statements.append((self._insert_marker, (day, slot, record.created_at, marked_until)))
+            self._marker_written_until[slot] = marked_until
+        if record.true_label is not None:
+            statements.append(
+                (
+                    self._insert_correction,
+                    (day, record.id, record.created_at, record.digit, record.true_label, record.model_version,
+                     record.created_at),
+                )
+            )
+        return statements
+
+    def _batch(self, records: Sequence[PredictionRecord]) -> BatchStatement:
+        """Predictions of one UTC day in one unlogged batch: a single-partition batch is one atomic mutation."""
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for record in records:
+            for statement, parameters in self._prediction_statements(record):
+                batch.add(statement, parameters)
+        batch.is_idempotent = True
+        return batch
+
+    def _forget_markers(self, records: Iterable[PredictionRecord]) -> None:
+        """After a failed write its markers may not exist: let the retry or replay write them again."""
+        for record in records:
+            self._marker_written_until.pop(buckets.slot_start(record.created_at), None)
+
+    def write_prediction(self, record: PredictionRecord) -> datetime.datetime:
+        """Write one prediction (one round trip); returns the count slot that now needs a recount."""
+        try:
+            self._session.execute(self._batch([record]))
+        except BaseException:
+            self._forget_markers([record])
+            raise
+        return buckets.slot_start(record.created_at)
+
+    def write_predictions(self, records: Sequence[PredictionRecord], *, concurrency: int = 8) -> set[datetime.datetime]:
+        """Write many predictions: grouped by day, BULK_BATCH_RECORDS per request, ``concurrency`` requests in flight.
+
+        Grouping cuts the per-request cost that dominates a Python client; the groups stay
+        below the batch size thresholds of cassandra/conf/cassandra.yaml. Returns the slots to recount.
+        """
+        by_day: dict[datetime.date, list[PredictionRecord]] = {}
+        for record in records:
+            by_day.setdefault(buckets.utc_day(record.created_at), []).append(record)
+        batches = [
+            (self._batch(day_records[index:index + BULK_BATCH_RECORDS]), None)
+            for day_records in by_day.values()
+            for index in range(0, len(day_records), BULK_BATCH_RECORDS)
+        ]
+        try:
+            for result in execute_concurrent(self._session, batches, concurrency=concurrency,
+                                             raise_on_first_error=True, results_generator=True):
+                del result
+        except BaseException:
+            self._forget_markers(records)
+            raise
+        return {buckets.slot_start(record.created_at) for record in records}
+
+    # Counting ---------------------------------------------------------------------------
+
+    def refresh_slots(self, slots: Iterable[datetime.datetime], *, concurrency: int = 32) -> None:
+        """Recount each slot from the narrow table and store its rollup row.
+
+        The rollup is written with the time the recount began as its write timestamp, so when
+        two recounts race, the later one (which saw every write acknowledged before it) wins.
+        """
+        slots = sorted(set(slots))
+        if not slots:
+            return
+        started = now_microseconds()
+        results = execute_concurrent(
+            self._session, [(self._count_slot, (buckets.utc_day(slot), slot)) for slot in slots],
+            concurrency=concurrency, raise_on_first_error=True,
+        )
+        writes = []
+        for slot, (success, rows) in zip(slots, results):
+            counts = [0] * DIGIT_COUNT
+            for row in rows:
+                counts[row.digit] = row.predictions
+            writes.append((self._insert_rollup, (buckets.utc_day(slot), slot, counts, started)))
+        execute_concurrent(self._session, writes, concurrency=concurrency, raise_on_first_error=True)
+
+    def slots_marked_for_refresh(self, days: Iterable[datetime.date]) -> dict[datetime.datetime, int]:
+        """Slots with a dirty marker on those UTC days, each with the time its marker stays valid until."""
+        marked: dict[datetime.datetime, int] = {}
+        futures = [self._session.execute_async(self._select_markers, (day,)) for day in days]
+        for future in futures:
+            for row in future.result():
+                marked[buckets.from_cassandra_timestamp(row.slot_start)] = row.marked_until
+        return marked
+
+    def refresh_marked_slots(self, days: Iterable[datetime.date]) -> int:
+        """Recount every marked slot on those days, then drop the markers no write can still need."""
+        marked = self.slots_marked_for_refresh(days)
+        if not marked:
+            return 0
+        started = now_microseconds()
+        self.refresh_slots(marked)
+        deletions = [
+            (self._delete_marker, (started, buckets.utc_day(slot), slot))
+            for slot, marked_until in marked.items()
+            if marked_until is not None and marked_until <= started
+        ]
+        execute_concurrent(self._session, deletions, concurrency=32, raise_on_first_error=True)
+        return len(marked)
+
+    def history_counts(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo) -> HistoryCounts:
+        """Per-digit counts per local hour and local day, for local days start..end in the zone."""
+        utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
+        futures = [
+            self._session.execute_async(self._select_rollup, (day, utc_start, utc_end))
+            for day in buckets.utc_days_between(utc_start, utc_end)
+        ]
+        hourly: dict[datetime.datetime, list[int]] = {}
+        daily: dict[datetime.date, list[int]] = {}
+        # Every local hour and day in the range is present, with zeros where nothing was stored.
+        slot = utc_start
+        while slot < utc_end:
+            local = slot.astimezone(zone)
+            hourly.setdefault(_local_hour(local), [0] * DIGIT_COUNT)
+            daily.setdefault(local.date(), [0] * DIGIT_COUNT)
+            slot += buckets.SLOT_LENGTH
+        for future in futures:
+            for row in future.result():
+                local = buckets.from_cassandra_timestamp(row.slot_start).astimezone(zone)
+                hour_counts = hourly[_local_hour(local)]
+                day_counts = daily[local.date()]
+                for digit, count in enumerate(row.counts):
+                    hour_counts[digit] += count
+                    day_counts[digit] += count
+        return HistoryCounts(
+            timezone=zone.key,
+            start=start,
+            end=end,
+            hourly=tuple(
+                PeriodCounts(start=hour.astimezone(zone), counts=tuple(counts)) for hour, counts in sorted(hourly.items())
+            ),
+            daily=tuple(
+                PeriodCounts(start=datetime.datetime.combine(day, datetime.time.min, tzinfo=zone), counts=tuple(counts))
+                for day, counts in sorted(daily.items())
+            ),
+        )
+
+    # Reading predictions ----------------------------------------------------------------
+
+    def latest(self, *, limit: int, today: datetime.date, max_days: int) -> list[PredictionRecord]:
+        """The newest ``limit`` predictions, walking day partitions back from ``today`` for at most ``max_days``."""
+        records: list[PredictionRecord] = []
+        for offset in range(max_days):
+            day = today - datetime.timedelta(days=offset)
+            for row in self._session.execute(self._select_latest, (day, limit - len(records))):
+                records.append(_record_from_row(row))
+            if len(records) >= limit:
+                break
+        return records
+
+    # Corrections and accuracy -----------------------------------------------------------
+
+    def write_correction(self, prediction_id: uuid.UUID, true_label: int, *, corrected_at: datetime.datetime) -> None:
+        """Record the true label of a stored prediction (a later correction replaces an earlier one).
+
+        The id's own time gives the prediction's partition and clustering key, so no lookup
+        table is needed; both rows are written in one single-partition batch.
+        """
+        created_at = _milliseconds(uuid_time(prediction_id))
+        day = buckets.utc_day(created_at)
+        key = self._session.execute(self._select_prediction_key, (day, created_at, prediction_id)).one()
+        if key is None:
+            raise PredictionNotFound(f"No stored prediction has the id {prediction_id}.")
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        batch.add(self._update_true_label, (true_label, day, created_at, prediction_id))
+        batch.add(self._insert_correction,
+                  (day, prediction_id, created_at, key.digit, true_label, key.model_version, corrected_at))
+        batch.is_idempotent = True
+        self._session.execute(batch)
+
+    def accuracy(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo) -> AccuracyReport:
+        """Accuracy and confusion matrix from corrections of predictions made on local days start..end."""
+        utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
+        futures = [self._session.execute_async(self._select_corrections, (day,))
+                   for day in buckets.utc_days_between(utc_start, utc_end)]
+        pairs = []
+        for future in futures:
+            for row in future.result():
+                created_at = buckets.from_cassandra_timestamp(row.created_at)
+                if utc_start <= created_at < utc_end:
+                    pairs.append((row.true_label, row.predicted_digit))
+        return AccuracyReport.from_pairs(pairs)
+
+
+def _milliseconds(moment: datetime.datetime) -> datetime.datetime:
+    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
+
+
+def _local_hour(local: datetime.datetime) -> datetime.datetime:
+    """The UTC instant where this local hour starts: unique even for the hour a DST change repeats."""
+    return local.replace(minute=0, second=0, microsecond=0).astimezone(buckets.UTC)
+
+
+def _record_from_row(row) -> PredictionRecord:
+    return PredictionRecord(
+        id=row.id,
+        created_at=buckets.from_cassandra_timestamp(row.created_at),
+        digit=row.digit,
+        number=row.number,
+        confidence=row.confidence,
+        probabilities=tuple(row.probabilities),
+        model_input=row.model_input,
+        source=row.source,
+        model_version=row.model_version,
+        latency_ms=row.latency_ms,
+        true_label=row.true_label,
+    )

@@ -1,0 +1,378 @@
+"""The storage service the app uses: one lazily-built session per process, and writes that are never lost.
+
+``PredictionStore`` connects on first use (a bounded retry, then a sentence the user can act
+on), applies the schema, and prepares statements once. A prediction that Cassandra cannot take
+(unreachable, timed out) goes to the durable outbox and the caller still gets its answer; a
+background thread replays the outbox in order once Cassandra is back, and keeps the per-slot
+digit counts fresh. ``status()`` tells the UI whether it is connected or degraded with N pending.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import threading
+import time
+import uuid
+import zoneinfo
+from collections.abc import Sequence
+
+from cassandra import DriverException, OperationTimedOut, RequestExecutionException
+from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
+
+from mnist_core.settings import Settings, get_settings
+from mnist_core.storage import buckets, connection, migrations, outbox
+from mnist_core.storage.errors import PredictionNotFound, StorageAuthenticationError, StorageUnavailable
+from mnist_core.storage.records import (
+    AccuracyReport,
+    HistoryCounts,
+    PredictionRecord,
+    StorageStatus,
+    StoreOutcome,
+)
+from mnist_core.storage.repository import PredictionRepository
+
+logger = logging.getLogger(__name__)
+
+# Failures that mean "Cassandra cannot take this write right now": queue it and replay later.
+UNAVAILABLE_ERRORS = (NoHostAvailable, OperationTimedOut, RequestExecutionException, ConnectionException, OSError)
+REPLAY_CHUNK = 200
+# How often the background thread looks for dirty markers left by other (or crashed) processes.
+MARKER_SCAN_INTERVAL_SECONDS = 30.0
+MARKER_SCAN_DAYS_AT_START = 7
+
+
+class PredictionStore:
+    """Stores predictions and answers the dashboard's questions; one per process (see :func:`get_storage`)."""
+
+    def __init__(self, settings: Settings, *, background: bool = True) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
+        self._repository: PredictionRepository | None = None
+        self._last_failure: str | None = None
+        self._last_attempt_at = 0.0
+        self._outbox = outbox.Outbox(settings.outbox_path)
+        self._slots_to_refresh: set[datetime.datetime] = set()
+        self._slots_lock = threading.Lock()
+        self._next_marker_scan_at = 0.0
+        self._marker_scan_days = MARKER_SCAN_DAYS_AT_START
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._background_loop, name="mnist-storage", daemon=True)
+            self._thread.start()
+
+    # Connection -------------------------------------------------------------------------
+
+    def connect(self, *, attempts: int | None = None) -> PredictionRepository:
+        """Connect (bounded retry), apply the schema and prepare statements; a no-op once connected.
+
+        Raises StorageUnavailable or StorageAuthenticationError with a sentence for the user.
+        """
+        with self._lock:
+            if self._repository is not None:
+                return self._repository
+            self._last_attempt_at = time.monotonic()
+            try:
+                cluster, session = connection.connect(self.settings, attempts=attempts)
+            except StorageUnavailable as error:
+                self._last_failure = str(error)
+                raise
+            try:
+                migrations.apply_migrations(
+                    cluster,
+                    keyspace=self.settings.cassandra_keyspace,
+                    replication=self.settings.cassandra_replication,
+                )
+                repository = PredictionRepository(
+                    session,
+                    keyspace=self.settings.cassandra_keyspace,
+                    request_timeout_seconds=self.settings.cassandra_request_timeout_seconds,
+                )
+            except UNAVAILABLE_ERRORS as error:
+                cluster.shutdown()
+                self._last_failure = f"Cassandra stopped answering while the schema was being applied: {error}"
+                raise StorageUnavailable(self._last_failure) from error
+            except BaseException:
+                cluster.shutdown()
+                raise
+            self._cluster, self._session, self._repository = cluster, session, repository
+            self._last_failure = None
+            self._wake.set()
+            return repository
+
+    def _repository_or_none(self) -> PredictionRepository | None:
+        """The repository if connected; otherwise one quick connection attempt, at most once per flush interval."""
+        if self._repository is not None:
+            return self._repository
+        with self._lock:
+            if self._repository is not None:
+                return self._repository
+            if time.monotonic() - self._last_attempt_at < self.settings.outbox_flush_interval_seconds:
+                return None
+            try:
+                return self.connect(attempts=1)
+            except StorageUnavailable:
+                return None
+            except StorageAuthenticationError as error:
+                # Wrong credentials: keep predictions in the outbox and say why in status().
+                self._last_failure = str(error)
+                return None
+
+    def _require_repository(self) -> PredictionRepository:
+        """For reads: the repository, or StorageUnavailable after the bounded retry."""
+        return self._repository if self._repository is not None else self.connect()
+
+    def _hosts_up(self) -> bool:
+        cluster = self._cluster
+        return cluster is not None and any(host.is_up for host in cluster.metadata.all_hosts())
+
+    # Writes -----------------------------------------------------------------------------
+
+    def store(self, record: PredictionRecord) -> StoreOutcome:
+        """Store one prediction; if Cassandra cannot take it now, keep it in the outbox. Never loses it.
+
+        Any outage, timeout or rejected credential ends with the record queued and QUEUED
+        returned; status() then says why.
+        """
+        if not isinstance(record, PredictionRecord):
+            raise ValueError(f"store() takes a PredictionRecord; got {type(record).__name__}.")
+        # While older writes wait in the outbox, newer ones queue behind them to keep the order.
+        if self._outbox.pending_count() == 0:
+            repository = self._repository_or_none()
+            if repository is not None:
+                try:
+                    slot = repository.write_prediction(record)
+                except UNAVAILABLE_ERRORS as error:
+                    self._last_failure = f"Cassandra did not take a write: {error}"
+                    logger.warning("Queueing prediction %s in the outbox: %s", record.id, error)
+                else:
+                    self._note_slots({slot})
+                    return StoreOutcome.STORED
+        self._outbox.add(outbox.PREDICTION, record.to_json_dict())
+        self._wake.set()
+        return StoreOutcome.QUEUED
+
+    def store_many(self, records: Sequence[PredictionRecord], *, concurrency: int = 8) -> StoreOutcome:
+        """Store many predictions with concurrent requests (bulk loads, benchmarks); queued as a whole on failure."""
+        if self._outbox.pending_count() == 0:
+            repository = self._repository_or_none()
+            if repository is not None:
+                try:
+                    slots = repository.write_predictions(records, concurrency=concurrency)
+                except UNAVAILABLE_ERRORS as error:
+                    self._last_failure = f"Cassandra did not take a write: {error}"
+                else:
+                    self._note_slots(slots)
+                    return StoreOutcome.STORED
+        for record in records:
+            self._outbox.add(outbox.PREDICTION, record.to_json_dict())
+        self._wake.set()
+        return StoreOutcome.QUEUED
+
+    def record_correction(self, prediction_id: uuid.UUID, true_label: int) -> StoreOutcome:
+        """Record the digit the user actually wrote for a prediction; queued like predictions when degraded.
+
+        Raises PredictionNotFound when Cassandra is reachable, nothing is queued, and no
+        prediction has that id; ValueError when the label is not a digit.
+        """
+        if isinstance(true_label, bool) or not isinstance(true_label, int) or not 0 <= true_label <= 9:
+            raise ValueError(f"true_label must be a digit from 0 to 9; got {true_label!r}.")
+        corrected_at = datetime.datetime.now(buckets.UTC)
+        if self._outbox.pending_count() == 0:
+            repository = self._repository_or_none()
+            if repository is not None:
+                try:
+                    repository.write_correction(prediction_id, true_label, corrected_at=corrected_at)
+                    return StoreOutcome.STORED
+                except UNAVAILABLE_ERRORS as error:
+                    self._last_failure = f"Cassandra did not take a write: {error}"
+        self._outbox.add(
+            outbox.CORRECTION,
+            {"prediction_id": str(prediction_id), "true_label": true_label, "corrected_at": corrected_at.isoformat()},
+        )
+        self._wake.set()
+        return StoreOutcome.QUEUED
+
+    # Reads ------------------------------------------------------------------------------
+
+    def latest(self, limit: int = 20, *, max_days: int = 31) -> list[PredictionRecord]:
+        """The newest ``limit`` stored predictions (newest first), looking back at most ``max_days`` UTC days."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1; got {limit}.")
+        repository = self._require_repository()
+        today = datetime.datetime.now(buckets.UTC).date()
+        return self._read(lambda: repository.latest(limit=limit, today=today, max_days=max_days))
+
+    def history_counts(
+        self, *, start: datetime.date, end: datetime.date, timezone: str | None = None
+    ) -> HistoryCounts:
+        """Predictions per digit per hour and per day for local days start..end (inclusive) in the zone.
+
+        The zone defaults to the display time zone setting. Counts include this process's own
+        writes (their slots are recounted first).
+        """
+        zone = self._zone(timezone)
+        repository = self._require_repository()
+        self._refresh_noted_slots(repository)
+        return self._read(lambda: repository.history_counts(start=start, end=end, zone=zone))
+
+    def accuracy(self, *, start: datetime.date, end: datetime.date, timezone: str | None = None) -> AccuracyReport:
+        """Accuracy and confusion matrix from corrections of predictions made on local days start..end."""
+        zone = self._zone(timezone)
+        repository = self._require_repository()
+        return self._read(lambda: repository.accuracy(start=start, end=end, zone=zone))
+
+    def _read(self, query):
+        try:
+            return query()
+        except UNAVAILABLE_ERRORS as error:
+            raise StorageUnavailable(
+                f"Cassandra at {connection.describe_hosts(self.settings)} did not answer the query ({error}). "
+                "Predictions are still being kept; try again in a moment."
+            ) from error
+
+    def _zone(self, timezone: str | None) -> zoneinfo.ZoneInfo:
+        name = timezone or self.settings.display_timezone
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not a known time zone; use an IANA name such as 'Europe/Paris'.") from None
+
+    # Status -----------------------------------------------------------------------------
+
+    def status(self) -> StorageStatus:
+        """Connected, or degraded with the number of writes waiting in the outbox; never raises for an outage."""
+        pending = self._outbox.pending_count()
+        repository = self._repository_or_none()
+        if repository is not None and self._hosts_up() and pending == 0:
+            return StorageStatus(state="connected", pending=0, message="Connected to Cassandra.")
+        if repository is not None and self._hosts_up():
+            message = f"Connected to Cassandra; writing {pending} queued prediction(s) from the local outbox."
+        else:
+            message = (
+                f"Cassandra is unreachable; {pending} write(s) are kept in the local outbox and will be written "
+                "when it is back."
+            )
+            if self._last_failure:
+                message += f" Last error: {self._last_failure}"
+        return StorageStatus(state="degraded", pending=pending, message=message)
+
+    # Outbox replay and count refresh ----------------------------------------------------
+
+    def flush(self, *, timeout_seconds: float = 60.0) -> int:
+        """Replay the whole outbox now and bring the counts up to date; returns how many entries were replayed.
+
+        Raises StorageUnavailable if Cassandra does not take them within the timeout.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        replayed = 0
+        while True:
+            repository = self._repository_or_none() if self._repository is None else self._repository
+            if repository is not None:
+                try:
+                    replayed += self._replay_outbox(repository)
+                    self._refresh_noted_slots(repository)
+                    if self._outbox.pending_count() == 0:
+                        return replayed
+                except UNAVAILABLE_ERRORS as error:
+                    self._last_failure = f"Outbox replay failed: {error}"
+            if time.monotonic() >= deadline:
+                raise StorageUnavailable(
+                    f"Cassandra at {connection.describe_hosts(self.settings)} did not take the "
+                    f"{self._outbox.pending_count()} queued write(s) within {timeout_seconds:.0f} s; they stay in "
+                    f"{self._outbox.path} and will be written later."
+                )
+            time.sleep(min(0.5, self.settings.outbox_flush_interval_seconds))
+
+    def _replay_outbox(self, repository: PredictionRepository) -> int:
+        """Replay entries oldest first; each chunk is removed only after all its writes and recounts succeeded."""
+        replayed = 0
+        while True:
+            entries = self._outbox.peek(REPLAY_CHUNK)
+            if not entries:
+                return replayed
+            slots: set[datetime.datetime] = set()
+            for entry in entries:
+                if entry.kind == outbox.PREDICTION:
+                    slots.add(repository.write_prediction(PredictionRecord.from_json_dict(entry.payload)))
+                else:
+                    try:
+                        repository.write_correction(
+                            uuid.UUID(entry.payload["prediction_id"]),
+                            entry.payload["true_label"],
+                            corrected_at=datetime.datetime.fromisoformat(entry.payload["corrected_at"]),
+                        )
+                    except PredictionNotFound:
+                        logger.error("Dropping a queued correction for unknown prediction %s.",
+                                     entry.payload["prediction_id"])
+            repository.refresh_slots(slots)
+            self._outbox.remove_through(entries[-1].sequence)
+            replayed += len(entries)
+
+    def _note_slots(self, slots) -> None:
+        with self._slots_lock:
+            self._slots_to_refresh.update(slots)
+        self._wake.set()
+
+    def _refresh_noted_slots(self, repository: PredictionRepository) -> None:
+        with self._slots_lock:
+            slots, self._slots_to_refresh = self._slots_to_refresh, set()
+        try:
+            repository.refresh_slots(slots)
+        except BaseException:
+            with self._slots_lock:
+                self._slots_to_refresh.update(slots)
+            raise
+
+    def refresh_marked_slots(self, *, days: int = 2) -> int:
+        """Recount slots marked dirty on the last ``days`` UTC days by any process (a crashed one included)."""
+        repository = self._require_repository()
+        today = datetime.datetime.now(buckets.UTC).date()
+        return repository.refresh_marked_slots(today - datetime.timedelta(days=offset) for offset in range(days))
+
+    def _background_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.settings.outbox_flush_interval_seconds)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                repository = self._repository_or_none()
+                if repository is None:
+                    continue
+                if self._outbox.pending_count():
+                    self._replay_outbox(repository)
+                self._refresh_noted_slots(repository)
+                if time.monotonic() >= self._next_marker_scan_at:
+                    self.refresh_marked_slots(days=self._marker_scan_days)
+                    self._marker_scan_days = 2
+                    self._next_marker_scan_at = time.monotonic() + MARKER_SCAN_INTERVAL_SECONDS
+            except (*UNAVAILABLE_ERRORS, DriverException) as error:
+                self._last_failure = f"Background storage work failed: {error}"
+                logger.info("Storage background work will retry: %s", error)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one bad entry
+                logger.exception("Unexpected error in the storage background thread.")
+
+    def close(self) -> None:
+        """Stop the background thread and the driver (tests and clean shutdowns)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            if self._cluster is not None:
+                self._cluster.shutdown()
+            self._cluster = self._session = self._repository = None
+        self._outbox.close()
+
+
+@functools.lru_cache(maxsize=1)
+def get_storage() -> PredictionStore:
+    """The process-wide store, built from :func:`mnist_core.settings.get_settings` on first call (no I/O until then)."""
+    return PredictionStore(get_settings())

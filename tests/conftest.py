@@ -1,0 +1,216 @@
+"""Fixtures for integration tests against the real Cassandra node (no mocks of the database).
+
+The session starts the local node through ``scripts/cassandra start`` (a no-op when it already
+answers) and stops it at the end only if this session started it. Each test module gets its
+own keyspace with a random name, so modules never see each other's rows, and each test its
+own outbox directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from mnist_core.settings import Settings, settings_from_mapping
+
+REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CASSANDRA_SCRIPT = REPOSITORY_ROOT / "scripts" / "cassandra"
+NODE_START_TIMEOUT_SECONDS = 600
+
+
+def run_cassandra_script(command: str, *, node: int = 1, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run scripts/cassandra with a bounded time; output is captured so a failure can show it."""
+    return subprocess.run(
+        [str(CASSANDRA_SCRIPT), command, str(node)],
+        capture_output=True,
+        text=True,
+        timeout=NODE_START_TIMEOUT_SECONDS,
+        env={**os.environ, **(environment or {})},
+        check=False,
+    )
+
+
+def start_node(*, node: int = 1, environment: dict[str, str] | None = None) -> bool:
+    """Start a node; returns True if this call started it (False if it was already answering)."""
+    if run_cassandra_script("status", node=node, environment=environment).returncode == 0:
+        return False
+    result = run_cassandra_script("start", node=node, environment=environment)
+    if result.returncode != 0:
+        pytest.fail(
+            f"scripts/cassandra start {node} failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}",
+            pytrace=False,
+        )
+    return True
+
+
+def stop_node(*, node: int = 1) -> None:
+    result = run_cassandra_script("stop", node=node)
+    if result.returncode != 0:
+        pytest.fail(f"scripts/cassandra stop {node} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cassandra_node() -> Iterator[str]:
+    """The local node at 127.0.0.1:9042, started for the session if it was not running."""
+    started_here = start_node()
+    yield "127.0.0.1"
+    if started_here:
+        stop_node()
+
+
+def _drop_keyspace(keyspace: str) -> None:
+    cluster = plain_cluster()
+    try:
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def module_keyspace(cassandra_node: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A keyspace name unique to this test module; dropped when the module is done."""
+    module_name = request.module.__name__.rsplit(".", 1)[-1].replace("test_", "")[:20]
+    keyspace = f"test_{module_name}_{uuid.uuid4().hex[:10]}"
+    yield keyspace
+    with contextlib.suppress(Exception):
+        _drop_keyspace(keyspace)
+
+
+@pytest.fixture
+def settings_for(module_keyspace: str, tmp_path: pathlib.Path) -> Callable[..., Settings]:
+    """Build settings for this module's keyspace and a fresh outbox directory; extra MNIST_* values override."""
+
+    def build(**overrides: str) -> Settings:
+        mapping = {
+            "MNIST_CASSANDRA_CONTACT_POINTS": "127.0.0.1",
+            "MNIST_CASSANDRA_KEYSPACE": module_keyspace,
+            "MNIST_DATA_DIR": str(tmp_path / "data"),
+            "MNIST_OUTBOX_FLUSH_INTERVAL": "0.5",
+            "MNIST_CASSANDRA_CONNECT_ATTEMPTS": "3",
+            "MNIST_CASSANDRA_CONNECT_RETRY_DELAY": "0.5",
+        }
+        mapping.update(overrides)
+        return settings_from_mapping(mapping)
+
+    return build
+
+
+@pytest.fixture
+def store(settings_for):
+    """A connected PredictionStore without the background thread (tests flush explicitly)."""
+    from mnist_core.storage import PredictionStore
+
+    prediction_store = PredictionStore(settings_for(), background=False)
+    prediction_store.connect()
+    yield prediction_store
+    prediction_store.close()
+
+
+@dataclasses.dataclass
+class NodeControl:
+    """Stops and starts the local node for outage tests; the fixture restarts it afterwards whatever happens."""
+
+    node: int = 1
+
+    def stop(self) -> None:
+        stop_node(node=self.node)
+
+    def start(self) -> None:
+        start_node(node=self.node)
+
+
+@pytest.fixture
+def node_control(cassandra_node: str) -> Iterator[NodeControl]:
+    control = NodeControl()
+    try:
+        yield control
+    finally:
+        control.start()
+
+
+def build_record(*, digit: int = 3, created_at=None, identifier=None, **overrides):
+    """A valid PredictionRecord whose fields all differ from defaults, so a round trip checks each one."""
+    from mnist_core.storage import PredictionRecord
+    from mnist_core.storage.records import time_uuid, uuid_time
+
+    probabilities = [0.01] * 10
+    probabilities[digit % 10] = 0.91
+    if identifier is None:
+        identifier = uuid.uuid1() if created_at is None else time_uuid(created_at)
+    fields = dict(
+        id=identifier,
+        created_at=created_at or uuid_time(identifier),
+        digit=digit,
+        number=None,
+        confidence=0.91,
+        probabilities=tuple(probabilities),
+        model_input=bytes((index * 7) % 256 for index in range(784)),
+        source="canvas",
+        model_version="test-model-1",
+        latency_ms=4.25,
+        true_label=None,
+    )
+    fields.update(overrides)
+    return PredictionRecord(**fields)
+
+
+@pytest.fixture
+def make_record():
+    return build_record
+
+
+def plain_cluster(address: str = "127.0.0.1", **options):
+    """A driver Cluster built without the code under test, reconnecting quickly after an outage test."""
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import ConstantReconnectionPolicy, RoundRobinPolicy
+
+    return Cluster(
+        [address],
+        protocol_version=5,
+        execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=RoundRobinPolicy())},
+        reconnection_policy=ConstantReconnectionPolicy(delay=0.5, max_attempts=None),
+        **options,
+    )
+
+
+@pytest.fixture(name="plain_cluster", scope="session")
+def plain_cluster_fixture():
+    """Builds independent driver clusters (see plain_cluster)."""
+    return plain_cluster
+
+
+@pytest.fixture
+def raw_session(cassandra_node: str):
+    """A plain driver session for checking what is really stored, independent of the code under test."""
+    cluster = plain_cluster(cassandra_node)
+    session = cluster.connect()
+    yield session
+    cluster.shutdown()
+
+
+AUTH_NODE = 9
+AUTH_NODE_ENVIRONMENT = {
+    "MNIST_CASSANDRA_AUTH": "1",
+    "MNIST_CASSANDRA_SEEDS": f"127.0.0.{AUTH_NODE}",
+    "MNIST_CASSANDRA_CLUSTER_NAME": "mnist-auth-test",
+    "MNIST_CASSANDRA_HEAP": "512M",
+}
+
+
+@pytest.fixture(scope="session")
+def auth_cassandra_node() -> Iterator[str]:
+    """A second small node (127.0.0.9, heap 512M) with PasswordAuthenticator on; the main node stays open.
+
+    Stopped at the end of the session if this session started it.
+    """
+    started_here = start_node(node=AUTH_NODE, environment=AUTH_NODE_ENVIRONMENT)
+    yield f"127.0.0.{AUTH_NODE}"
+    if started_here:
+        stop_node(node=AUTH_NODE)

@@ -1,0 +1,150 @@
+"""Settings are read once, typed and validated; a wrong value fails with the variable's name."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from mnist_core import settings as settings_module
+from mnist_core.settings import REPOSITORY_ROOT, Replication, get_settings, settings_from_mapping
+
+
+def test_defaults_describe_a_local_single_node() -> None:
+    settings = settings_from_mapping({})
+    assert settings.cassandra_contact_points == ("127.0.0.1",)
+    assert settings.cassandra_port == 9042
+    assert settings.cassandra_keyspace == "mnist"
+    assert settings.cassandra_replication.as_cql_map() == "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    assert settings.cassandra_consistency == "LOCAL_QUORUM"
+    assert settings.data_dir == REPOSITORY_ROOT / ".data"
+    assert settings.outbox_path == REPOSITORY_ROOT / ".data" / "outbox.sqlite3"
+    assert settings.model_path == REPOSITORY_ROOT / "models" / "mnist_cnn.keras"
+    assert settings.confidence_threshold == 0.6
+    assert settings.display_timezone == "UTC"
+    assert not settings.authentication_enabled
+    assert not settings.tls_enabled
+
+
+def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not parsed here")
+    settings = settings_from_mapping(
+        {
+            "MNIST_CASSANDRA_CONTACT_POINTS": "10.0.0.1, 10.0.0.2,",
+            "MNIST_CASSANDRA_PORT": "9142",
+            "MNIST_CASSANDRA_KEYSPACE": "digits_prod",
+            "MNIST_CASSANDRA_REPLICATION": "NetworkTopologyStrategy:eu_west=3,us_east=2",
+            "MNIST_CASSANDRA_DATACENTER": "eu_west",
+            "MNIST_CASSANDRA_USERNAME": "app",
+            "MNIST_CASSANDRA_PASSWORD": "s3cret",
+            "MNIST_CASSANDRA_TLS_CA_FILE": str(ca_file),
+            "MNIST_CASSANDRA_TLS_VERIFY_HOSTNAME": "false",
+            "MNIST_CASSANDRA_CONSISTENCY": "local_one",
+            "MNIST_DATA_DIR": "var/outbox",
+            "MNIST_DISPLAY_TIMEZONE": "Asia/Kolkata",
+            "MNIST_MODEL_PATH": "/opt/models/cnn.keras",
+            "MNIST_CONFIDENCE_THRESHOLD": "0.75",
+        }
+    )
+    assert settings.cassandra_contact_points == ("10.0.0.1", "10.0.0.2")
+    assert settings.cassandra_port == 9142
+    assert settings.cassandra_keyspace == "digits_prod"
+    assert settings.cassandra_replication == Replication(
+        strategy="NetworkTopologyStrategy", datacenter_factors=(("eu_west", 3), ("us_east", 2))
+    )
+    assert settings.cassandra_datacenter == "eu_west"
+    assert settings.authentication_enabled and settings.cassandra_password == "s3cret"
+    assert settings.tls_enabled and settings.cassandra_tls_ca_file == ca_file
+    assert settings.cassandra_tls_verify_hostname is False
+    assert settings.cassandra_consistency == "LOCAL_ONE"
+    assert settings.data_dir == REPOSITORY_ROOT / "var" / "outbox"
+    assert settings.display_timezone == "Asia/Kolkata"
+    assert settings.model_path == pathlib.Path("/opt/models/cnn.keras")
+    assert settings.confidence_threshold == 0.75
+
+
+def test_password_is_not_shown_in_repr() -> None:
+    settings = settings_from_mapping({"MNIST_CASSANDRA_USERNAME": "app", "MNIST_CASSANDRA_PASSWORD": "s3cret"})
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_map"),
+    [
+        ("1", "{'class': 'SimpleStrategy', 'replication_factor': 1}"),
+        ("SimpleStrategy:3", "{'class': 'SimpleStrategy', 'replication_factor': 3}"),
+        ("datacenter1=3", "{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}"),
+    ],
+)
+def test_replication_forms(text: str, expected_map: str) -> None:
+    assert Replication.parse(text).as_cql_map() == expected_map
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message_part"),
+    [
+        ("MNIST_CASSANDRA_PORT", "ninety", "MNIST_CASSANDRA_PORT"),
+        ("MNIST_CASSANDRA_KEYSPACE", "bad-name; DROP", "MNIST_CASSANDRA_KEYSPACE"),
+        ("MNIST_CASSANDRA_REPLICATION", "SimpleStrategy:zero", "MNIST_CASSANDRA_REPLICATION"),
+        ("MNIST_CASSANDRA_REPLICATION", "dc1=3'}; DROP KEYSPACE x; --", "MNIST_CASSANDRA_REPLICATION"),
+        ("MNIST_CASSANDRA_REPLICATION", "EverywhereStrategy:1", "unknown strategy"),
+        ("MNIST_CASSANDRA_CONSISTENCY", "MOSTLY", "MNIST_CASSANDRA_CONSISTENCY"),
+        ("MNIST_DISPLAY_TIMEZONE", "Mars/Olympus", "MNIST_DISPLAY_TIMEZONE"),
+        ("MNIST_CONFIDENCE_THRESHOLD", "1.5", "MNIST_CONFIDENCE_THRESHOLD"),
+        ("MNIST_CASSANDRA_TLS_CA_FILE", "/no/such/ca.pem", "MNIST_CASSANDRA_TLS_CA_FILE"),
+        ("MNIST_CASSANDRA_TLS_VERIFY_HOSTNAME", "perhaps", "MNIST_CASSANDRA_TLS_VERIFY_HOSTNAME"),
+    ],
+)
+def test_invalid_values_fail_with_the_variable_name(variable: str, value: str, message_part: str) -> None:
+    with pytest.raises(ValueError, match=message_part):
+        settings_from_mapping({variable: value})
+
+
+def test_username_without_password_is_refused() -> None:
+    with pytest.raises(ValueError, match="MNIST_CASSANDRA_PASSWORD"):
+        settings_from_mapping({"MNIST_CASSANDRA_USERNAME": "app"})
+
+
+def test_get_settings_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNIST_CASSANDRA_KEYSPACE", "first_read")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().cassandra_keyspace == "first_read"
+        monkeypatch.setenv("MNIST_CASSANDRA_KEYSPACE", "second_read")
+        assert get_settings().cassandra_keyspace == "first_read"
+        get_settings.cache_clear()
+        assert get_settings().cassandra_keyspace == "second_read"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_streamlit_secrets_are_ignored_outside_a_running_app() -> None:
+    # Importing streamlit is not the same as running inside an app: no overlay, no error.
+    import streamlit  # noqa: F401
+
+    assert settings_module._streamlit_secrets() == {}
+
+
+def test_streamlit_secrets_overlay_the_environment_inside_an_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    def app() -> None:
+        import streamlit
+
+        from mnist_core.settings import get_settings
+
+        get_settings.cache_clear()
+        settings = get_settings()
+        streamlit.write(f"{settings.cassandra_keyspace}|{settings.display_timezone}|{settings.cassandra_port}")
+        get_settings.cache_clear()
+
+    monkeypatch.setenv("MNIST_CASSANDRA_KEYSPACE", "from_environment")
+    monkeypatch.setenv("MNIST_CASSANDRA_PORT", "9142")
+    app_test = AppTest.from_function(app)
+    app_test.secrets["MNIST_CASSANDRA_KEYSPACE"] = "from_secrets"
+    app_test.secrets["mnist"] = {"display_timezone": "Asia/Tokyo"}
+    app_test.run()
+    assert not app_test.exception
+    # Secrets win where they say something; the environment fills in the rest.
+    assert app_test.markdown[0].value == "from_secrets|Asia/Tokyo|9142"

@@ -1,0 +1,102 @@
+"""With PasswordAuthenticator on a real node: the right credentials work, wrong ones fail with a clear sentence."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from mnist_core.storage import PredictionStore, StorageAuthenticationError, StoreOutcome, connection
+
+pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
+
+SUPERUSER_WAIT_SECONDS = 60
+# A role of its own per run: Cassandra 5 refuses to change one role's password twice within 5 s.
+APPLICATION_ROLE = "mnist_app_" + uuid.uuid4().hex[:8]
+APPLICATION_PASSWORD = "app-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="module")
+def application_role(auth_cassandra_node, plain_cluster, module_keyspace):
+    """Log in as the default superuser (created a moment after start-up) and create the app's own role."""
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import NoHostAvailable
+
+    deadline = time.monotonic() + SUPERUSER_WAIT_SECONDS
+    while True:
+        cluster = plain_cluster(auth_cassandra_node, auth_provider=PlainTextAuthProvider("cassandra", "cassandra"))
+        try:
+            session = cluster.connect()
+            break
+        except NoHostAvailable:
+            cluster.shutdown()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    try:
+        session.execute(
+            f"CREATE ROLE IF NOT EXISTS {APPLICATION_ROLE} WITH LOGIN = true AND PASSWORD = %s", (APPLICATION_PASSWORD,)
+        )
+        session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {APPLICATION_ROLE}")
+        yield APPLICATION_ROLE
+        session.execute(f"DROP KEYSPACE IF EXISTS {module_keyspace}", timeout=60)
+        session.execute(f"DROP ROLE IF EXISTS {APPLICATION_ROLE}")
+    finally:
+        cluster.shutdown()
+
+
+def test_correct_credentials_store_and_read(settings_for, application_role, auth_cassandra_node, make_record) -> None:
+    settings = settings_for(
+        MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node,
+        MNIST_CASSANDRA_USERNAME=application_role,
+        MNIST_CASSANDRA_PASSWORD=APPLICATION_PASSWORD,
+    )
+    store = PredictionStore(settings, background=False)
+    try:
+        store.connect()
+        record = make_record(digit=5)
+        assert store.store(record) is StoreOutcome.STORED
+        assert store.latest(1) == [record]
+        assert store.status().connected
+    finally:
+        store.close()
+
+
+def test_wrong_password_fails_at_once_with_a_clear_message(settings_for, application_role, auth_cassandra_node) -> None:
+    settings = settings_for(
+        MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node,
+        MNIST_CASSANDRA_USERNAME=application_role,
+        MNIST_CASSANDRA_PASSWORD="not-the-password",
+    )
+    waits: list[float] = []
+    with pytest.raises(StorageAuthenticationError) as raised:
+        connection.connect(settings, attempts=5, retry_delay_seconds=1.0, sleep=waits.append)
+    assert waits == [], "a rejected password must not be retried"
+    message = str(raised.value)
+    assert f"rejected the username '{application_role}'" in message
+    assert "MNIST_CASSANDRA_PASSWORD" in message
+    assert "not-the-password" not in message
+
+
+def test_no_credentials_against_an_authenticating_node_fail_clearly(settings_for, auth_cassandra_node) -> None:
+    settings = settings_for(MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node)
+    with pytest.raises(StorageAuthenticationError, match="rejected"):
+        connection.connect(settings, attempts=1)
+
+
+def test_wrong_password_keeps_predictions_in_the_outbox(settings_for, application_role, auth_cassandra_node,
+                                                        make_record) -> None:
+    settings = settings_for(
+        MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node,
+        MNIST_CASSANDRA_USERNAME=application_role,
+        MNIST_CASSANDRA_PASSWORD="not-the-password",
+    )
+    store = PredictionStore(settings, background=False)
+    try:
+        assert store.store(make_record(digit=2)) is StoreOutcome.QUEUED
+        status = store.status()
+        assert status.state == "degraded" and status.pending == 1
+        assert "rejected" in status.message
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""Training pipeline for the shipped model: `python -m train --help`."""
