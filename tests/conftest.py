@@ -214,3 +214,122 @@ def auth_cassandra_node() -> Iterator[str]:
     yield f"127.0.0.{AUTH_NODE}"
     if started_here:
         stop_node(node=AUTH_NODE)
+
+
+# ---------------------------------------------------------------------------------------
+# Recognizer fixtures: MNIST from the verified offline copy, and the shipped model
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def mnist():
+    from mnist_core.datasets import load_mnist
+
+    return load_mnist("hub")
+
+
+@pytest.fixture(scope="session")
+def recognizer():
+    from mnist_core.inference import load_recognizer
+
+    return load_recognizer(REPOSITORY_ROOT / "models" / "mnist_cnn.keras")
+
+
+# ---------------------------------------------------------------------------------------
+# Dashboard fixtures (issue 4): pages run in-process by AppTest against this module's
+# keyspace, a fake canvas the tests draw on, and reading chart data back out of AppTest
+# ---------------------------------------------------------------------------------------
+
+import sys  # noqa: E402 - this section is appended to the file
+import types  # noqa: E402
+
+SHIPPED_MODEL_PATH = REPOSITORY_ROOT / "models" / "mnist_cnn.keras"
+
+
+def _forget_process_storage() -> None:
+    """Close the process-wide store (if one was built) and drop every cache that holds it or its answers."""
+    from mnist_core import settings
+    from mnist_core.storage import service
+
+    if service.get_storage.cache_info().currsize:
+        service.get_storage().close()
+    service.get_storage.cache_clear()
+    settings.get_settings.cache_clear()
+    import streamlit
+
+    from dashboard import resources
+
+    resources.store_resource.clear()
+    streamlit.cache_data.clear()
+
+
+@pytest.fixture
+def app_settings(module_keyspace: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Environment for the pages: this module's keyspace, a fresh outbox, the shipped model; caches reset around the test."""
+    from mnist_core import settings
+
+    for name, value in {
+        "MNIST_CASSANDRA_CONTACT_POINTS": "127.0.0.1",
+        "MNIST_CASSANDRA_KEYSPACE": module_keyspace,
+        "MNIST_DATA_DIR": str(tmp_path / "app-data"),
+        "MNIST_MODEL_PATH": str(SHIPPED_MODEL_PATH),
+        "MNIST_OUTBOX_FLUSH_INTERVAL": "0.5",
+        "MNIST_DISPLAY_TIMEZONE": "UTC",
+    }.items():
+        monkeypatch.setenv(name, value)
+    _forget_process_storage()
+    yield settings.get_settings()
+    _forget_process_storage()
+
+
+CHART_KEYS = (
+    "draw_probabilities_chart",
+    "history_counts_chart",
+    "history_time_chart",
+    "history_confidence_chart",
+    "history_confusion_chart",
+    "model_per_class_chart",
+    "model_confusion_chart",
+    "model_curves_chart",
+)
+
+
+@dataclasses.dataclass
+class FakeCanvas:
+    """Stands in for streamlit-drawable-canvas (whose component cannot render under AppTest): returns ``picture``."""
+
+    picture: object = None
+    calls: int = 0
+
+    def st_canvas(self, **options):
+        self.calls += 1
+        return types.SimpleNamespace(image_data=self.picture, json_data=None)
+
+
+@pytest.fixture
+def fake_canvas(monkeypatch: pytest.MonkeyPatch) -> FakeCanvas:
+    """Installs a fake ``streamlit_drawable_canvas`` module for pages run by AppTest in this process."""
+    canvas = FakeCanvas()
+    module = types.ModuleType("streamlit_drawable_canvas")
+    module.st_canvas = canvas.st_canvas
+    monkeypatch.setitem(sys.modules, "streamlit_drawable_canvas", module)
+    return canvas
+
+
+def chart_frames(app_test) -> dict:
+    """Every Altair chart on an AppTest page, by its widget key, as the DataFrames it plots."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    def walk(node):
+        yield node
+        for child in getattr(node, "children", {}).values():
+            yield from walk(child)
+
+    frames = {}
+    for node in walk(app_test.main):
+        if getattr(node, "type", None) != "vega_lite_chart":
+            continue
+        datasets = [convert_arrow_bytes_to_pandas_df(dataset.data.data) for dataset in node.proto.datasets]
+        # Keyed elements carry the user key at the end of their id.
+        key = next((name for name in CHART_KEYS if node.proto.id.endswith(name)), node.proto.id)
+        frames[key] = datasets
+    return frames

@@ -15,12 +15,12 @@ import tensorflow as tf
 
 @dataclasses.dataclass(frozen=True)
 class AugmentationSettings:
-    rotation_degrees: float = 12.0
-    scale_range: tuple[float, float] = (0.85, 1.12)
-    shear_degrees: float = 10.0
+    rotation_degrees: float = 10.0
+    scale_range: tuple[float, float] = (0.88, 1.1)
+    shear_degrees: float = 8.0
     shift_pixels: float = 2.5
-    thicken_probability: float = 0.45
-    thin_probability: float = 0.2
+    thicken_probability: float = 0.4
+    thin_probability: float = 0.15
 
 
 def _random_affine_transforms(batch_size, settings: AugmentationSettings, seed):

@@ -81,7 +81,9 @@ def _compile(network, options: TrainingOptions, steps_per_epoch: int):
             initial_learning_rate=options.learning_rate / 10,
             decay_steps=max(1, steps_per_epoch * options.epochs - steps_per_epoch),
             warmup_target=options.learning_rate, warmup_steps=steps_per_epoch, alpha=0.01)
-        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+        # A moving average of the weights smooths the last, noisy steps of training.
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, use_ema=True,
+                                          ema_momentum=0.99)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing)
     network.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
@@ -124,8 +126,8 @@ def train(options: TrainingOptions, data: MnistSplits | None = None) -> dict:
                             training_seconds)
     output = Path(options.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    # A clone carries the weights without the optimizer state, keeping the file small.
-    shipped = keras.models.clone_model(network)
+    # A fresh copy carries the weights without the optimizer state, keeping the file small.
+    shipped = model_module.build_model(options.architecture)
     shipped.set_weights(network.get_weights())
     shipped.save(output)
     model_card_path(output).write_text(json.dumps(card, indent=1) + "\n")

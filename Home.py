@@ -1,0 +1,37 @@
+"""Entry point: `streamlit run Home.py` serves the Draw, History and Model pages and the REST API.
+
+Streamlit finds the ``st.App`` below (``app``) and serves it with uvicorn: the same server
+then answers ``/api/predict``, ``/api/health`` and ``/api/stats`` next to the pages. When
+Streamlit runs this file as the page script (``__name__ == "__main__"``) it only declares the
+navigation and the sidebar; the pages themselves live in ``pages/``.
+"""
+
+import pathlib
+
+import streamlit as st
+
+if __name__ == "__main__":
+    from dashboard import resources
+
+    st.set_page_config(page_title="Digit reader", page_icon=":material/draw:", layout="wide")
+    navigation = st.navigation(
+        [
+            st.Page("pages/draw.py", title="Draw", icon=":material/draw:", default=True, url_path="draw"),
+            st.Page("pages/history.py", title="History", icon=":material/monitoring:", url_path="history"),
+            st.Page("pages/model.py", title="Model", icon=":material/model_training:", url_path="model"),
+        ]
+    )
+    resources.render_sidebar()
+    navigation.run()
+else:
+    # Imported by the server (not run as a page): build the ASGI app with the API routes.
+    from dashboard import resources
+    from mnist_core import rest_api
+
+    app = st.App(
+        pathlib.Path(__file__).resolve(),
+        routes=rest_api.create_routes(
+            get_recognizer=resources.recognizer_resource,
+            get_store=resources.store_resource,
+        ),
+    )

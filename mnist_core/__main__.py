@@ -1,0 +1,80 @@
+"""Command line: `python -m mnist_core predict FILE [FILE ...]`.
+
+Prints one JSON object per file, one per line, in the order given. Other tools parse this
+output, so its keys are a contract: file, digit, confidence, probabilities, and number
+when several digits were read; error (a sentence) when a file could not be read, in which
+case the exit code is 1 after every file has been handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BATCH_SIZE = 256
+
+
+def reading_as_json(file_name: str, reading) -> dict:
+    row = {"file": file_name, "digit": reading.digit,
+           "confidence": round(reading.confidence, 6),
+           "probabilities": [round(value, 6) for value in reading.probabilities]}
+    if reading.is_blank:
+        row["message"] = "Nothing is drawn in this image."
+    if reading.number is not None:
+        row["number"] = reading.number
+        row["number_confidence"] = round(reading.overall_confidence, 6)
+        row["digits"] = [{"digit": item.digit, "confidence": round(item.confidence, 6),
+                          "probabilities": [round(value, 6) for value in item.probabilities]}
+                         for item in reading.digits]
+    return row
+
+
+def predict_files(files: list[str], recognizer, output=sys.stdout) -> int:
+    """Read the files in batches, writing each row as soon as its batch is done."""
+    from mnist_core.preprocess import ImageDecodeError, preprocess
+
+    failures = 0
+    for start in range(0, len(files), BATCH_SIZE):
+        batch = files[start:start + BATCH_SIZE]
+        prepared, errors = [], {}
+        for position, file_name in enumerate(batch):
+            try:
+                prepared.append(preprocess(Path(file_name)))
+            except ImageDecodeError as error:
+                errors[position] = str(error)
+        readings = iter(recognizer.read_prepared(prepared))
+        for position, file_name in enumerate(batch):
+            if position in errors:
+                failures += 1
+                row = {"file": file_name, "digit": None, "error": errors[position]}
+            else:
+                row = reading_as_json(file_name, next(readings))
+            output.write(json.dumps(row) + "\n")
+        output.flush()
+    return 1 if failures else 0
+
+
+def main(arguments: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mnist_core",
+                                     description="Read handwritten digits in image files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="print one JSON line per image file")
+    predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.add_argument("--model", type=Path, default=None,
+                         help="a .keras model (default: the shipped one)")
+    parsed = parser.parse_args(sys.argv[1:] if arguments is None else arguments)
+
+    from mnist_core.inference import load_recognizer
+
+    try:
+        recognizer = load_recognizer(parsed.model)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return predict_files(parsed.files, recognizer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""From whatever a person gives us to the 28x28 images the model reads.
+
+MNIST digits were made by cropping the ink, scaling it into a 20x20 box with its aspect
+ratio kept, anti-aliasing, and centring its centre of mass in a 28x28 field. A drawing
+read any other way looks unlike anything the model saw, so every input (canvas strokes,
+uploads, scans, photos) goes through the same steps here. A row of digits is split into
+one such image per digit, read left to right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy import ndimage
+
+MODEL_SIDE = 28
+DIGIT_BOX_SIDE = 20
+# Ink is found at no more than this many pixels along the shorter side (by whole-number box
+# reduction): ample detail for a 20-pixel digit, and the cost stays bounded for any input.
+WORKING_SIDE_LIMIT = 160
+# Refuse images whose decoded size could exhaust memory (decompression bombs).
+MAX_INPUT_PIXELS = 40_000_000
+MAX_DIGITS = 16
+
+# Ink below this (on a 0..1 scale of the strongest ink) is anti-aliasing or noise.
+INK_MASK_LEVEL = 0.35
+CROP_LEVEL = 0.2
+# The strongest ink must differ from the background by this much (0..1) to count.
+MINIMUM_CONTRAST = 0.12
+
+
+class ImageDecodeError(ValueError):
+    """The input is not an image we can read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitBox:
+    """Where one digit sits in the original image, in pixels: left, top, right, bottom."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessedImage:
+    """The model inputs of one picture: one (28, 28) float32 image per digit, left to right."""
+
+    digits: np.ndarray
+    boxes: tuple[DigitBox, ...]
+
+    @property
+    def is_blank(self) -> bool:
+        return len(self.boxes) == 0
+
+    @property
+    def digit_count(self) -> int:
+        return len(self.boxes)
+
+
+def load_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
+    """Decode a file path, encoded bytes or a PIL image, refusing oversized images."""
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageDecodeError("The image is empty (0 bytes).")
+            image = Image.open(io.BytesIO(bytes(source)))
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ImageDecodeError(f"No such file: {path}.")
+            image = Image.open(path)
+        width, height = image.size
+        if width * height > MAX_INPUT_PIXELS:
+            raise ImageDecodeError(
+                f"The image is {width}x{height} pixels; the limit is "
+                f"{MAX_INPUT_PIXELS:,} pixels.")
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")
+        # Reading it here turns a truncated file into an error now, not later.
+        image.load()
+        # Photos from phones carry their rotation in EXIF.
+        return ImageOps.exif_transpose(image)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(f"The image is too large to decode safely: {error}") from error
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as error:
+        raise ImageDecodeError(
+            "This is not a readable PNG, JPEG or other image file "
+            f"({error.__class__.__name__}: {error}).") from error
+
+
+def _image_to_array(image: Image.Image) -> np.ndarray:
+    """A float32 array in 0..1 with 1 (grey), 2 (grey+alpha), 3 or 4 channels."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if values.max() > 255 else 255.0
+        return (values / peak).astype(np.float32)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        return values / max(float(values.max()), 1.0) if values.max() > 1 else values
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _as_float_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return _image_to_array(image)
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if not np.issubdtype(array.dtype, np.number):
+        raise ImageDecodeError(f"An image array of {array.dtype} cannot be read.")
+    array = array.astype(np.float32)
+    if not np.all(np.isfinite(array)):
+        raise ImageDecodeError("The image array holds NaN or infinite values.")
+    peak = float(array.max()) if array.size else 0.0
+    return array / 255.0 if peak > 1.0 else array
+
+
+def _reduction_factor(height: int, width: int) -> int:
+    # Judged on the shorter side, so a long strip of digits keeps each digit's detail.
+    return max(1, -(-min(height, width) // WORKING_SIDE_LIMIT))
+
+
+def _box_reduce(array: np.ndarray, factor: int) -> np.ndarray:
+    """Average factor x factor blocks (the edge that does not fill a block is dropped)."""
+    if factor == 1:
+        return array
+    height = max(factor, array.shape[0] - array.shape[0] % factor)
+    width = max(factor, array.shape[1] - array.shape[1] % factor)
+    padded = array[:height, :width]
+    if padded.shape[0] < factor or padded.shape[1] < factor:
+        padded = np.pad(padded, ((0, height - padded.shape[0]), (0, width - padded.shape[1]))
+                        + ((0, 0),) * (array.ndim - 2), mode="edge")
+    return padded.reshape(height // factor, factor, width // factor, factor,
+                          *array.shape[2:]).mean(axis=(1, 3), dtype=np.float32)
+
+
+def ink_map(image) -> np.ndarray:
+    """Where the ink is, as a float32 (H, W) map in 0..1, whatever the polarity or colours.
+
+    A picture with varying transparency (canvas strokes) has its ink in the alpha channel.
+    Otherwise the background is the typical colour along the border, and ink is how far
+    each pixel's colour lies from it, so dark-on-light, light-on-dark and coloured pens
+    on coloured paper all come out alike.
+    """
+    if (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            and image.shape[2] == 4):
+        # Canvas strokes: reduce only the alpha channel, the common case made cheap.
+        alpha = image[..., 3]
+        if int(alpha.max()) - int(alpha.min()) > MINIMUM_CONTRAST * 255:
+            factor = _reduction_factor(*alpha.shape)
+            reduced = Image.fromarray(np.ascontiguousarray(alpha)).reduce(factor)
+            return _stretch(np.asarray(reduced, dtype=np.float32) / np.float32(255.0),
+                            background_level=0.0)
+    array = _as_float_array(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ImageDecodeError(
+            f"An image must be (height, width) or (height, width, 1-4 channels); got "
+            f"shape {array.shape}.")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageDecodeError("The image has no pixels.")
+    array = _box_reduce(array, _reduction_factor(*array.shape[:2]))
+    has_alpha = array.shape[2] in (2, 4)
+    if has_alpha:
+        alpha = array[..., -1]
+        if float(alpha.max() - alpha.min()) > MINIMUM_CONTRAST:
+            return _stretch(alpha, background_level=0.0)
+        array = array[..., :-1]
+    border = np.concatenate([array[:2].reshape(-1, array.shape[2]),
+                             array[-2:].reshape(-1, array.shape[2]),
+                             array[:, :2].reshape(-1, array.shape[2]),
+                             array[:, -2:].reshape(-1, array.shape[2])])
+    background = np.median(border, axis=0)
+    distance = np.abs(array - background).max(axis=2)
+    border_distance = np.abs(border - background).max(axis=1)
+    noise = float(np.median(border_distance) + 3.0 * np.median(
+        np.abs(border_distance - np.median(border_distance))))
+    return _stretch(distance, background_level=noise)
+
+
+def _stretch(ink: np.ndarray, *, background_level: float) -> np.ndarray:
+    """Map the background to 0 and the strongest ink to 1; all zeros when there is no ink."""
+    peak = float(ink.max())
+    if background_level > 0 and ink.size > 1000:
+        # A few hot pixels in a photo must not set the scale.
+        peak = float(np.percentile(ink, 99.9))
+    if peak < MINIMUM_CONTRAST:
+        return np.zeros(ink.shape, dtype=np.float32)
+    floor = min(max(background_level, 0.1 * peak), 0.5 * peak)
+    return np.clip((ink - floor) / (peak - floor), 0.0, 1.0).astype(np.float32)
+
+
+def _digit_groups(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[slice, slice]]]:
+    """Join pieces of ink that share columns into digits, ordered left to right.
+
+    Returns each digit's own mask within its bounding box, and that box.
+    """
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    boxes = ndimage.find_objects(labels)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    groups: list[dict] = []
+    for index in sorted(range(count), key=lambda index: boxes[index][1].start):
+        rows, columns = boxes[index]
+        if groups:
+            last = groups[-1]
+            overlap = min(columns.stop, last["right"]) - max(columns.start, last["left"])
+            narrower = min(columns.stop - columns.start, last["right"] - last["left"])
+            row_overlap = min(rows.stop, last["bottom"]) - max(rows.start, last["top"])
+            shorter = min(rows.stop - rows.start, last["bottom"] - last["top"])
+            # Same digit: the pieces share most columns, or share some columns with one
+            # piece above the other (the lifted-pen top bar of a 5 or a 7).
+            if overlap >= 0.5 * narrower or (overlap > 0 and row_overlap <= 0.5 * shorter):
+                last["labels"].append(index + 1)
+                last["left"] = min(columns.start, last["left"])
+                last["right"] = max(columns.stop, last["right"])
+                last["top"] = min(rows.start, last["top"])
+                last["bottom"] = max(rows.stop, last["bottom"])
+                last["area"] += areas[index]
+                continue
+        groups.append({"labels": [index + 1], "left": columns.start, "right": columns.stop,
+                       "top": rows.start, "bottom": rows.stop, "area": areas[index]})
+    # Drop specks: pieces far smaller than the largest digit.
+    largest = max(group["area"] for group in groups)
+    result = []
+    for group in groups:
+        if group["area"] < 0.04 * largest:
+            continue
+        box = (slice(group["top"], group["bottom"]), slice(group["left"], group["right"]))
+        result.append((np.isin(labels[box], group["labels"]), box))
+    return result
+
+
+def _is_dot(group_mask: np.ndarray) -> bool:
+    """A mark barely longer than the pen is wide is a dot or a tap, not a digit.
+
+    The pen width comes from area / half the perimeter, exact for a long stroke.
+    """
+    area = float(group_mask.sum())
+    padded = np.pad(group_mask, 1)
+    interior = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
+                & padded[1:-1, :-2] & padded[1:-1, 2:])
+    perimeter = area - float(interior.sum())
+    pen_width = area / max(perimeter / 2.0, 1.0)
+    return max(group_mask.shape) < 2.5 * pen_width
+
+
+def normalise_digit(ink: np.ndarray) -> np.ndarray:
+    """Crop, fit into 20x20 keeping the aspect ratio, and centre the mass in 28x28."""
+    # The box is taken where the ink is clear, so faint fringes (JPEG ringing, blur) do
+    # not make the digit look smaller.
+    rows = np.flatnonzero(ink.max(axis=1) > CROP_LEVEL)
+    columns = np.flatnonzero(ink.max(axis=0) > CROP_LEVEL)
+    if rows.size == 0:
+        return np.zeros((MODEL_SIDE, MODEL_SIDE), dtype=np.float32)
+    cropped = ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    height, width = cropped.shape
+    scale = DIGIT_BOX_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(cropped, dtype=np.float32),
+                                         "F").resize(size, Image.Resampling.LANCZOS))
+    resized = np.clip(resized, 0.0, None)
+    peak = float(resized.max())
+    if peak <= 0:
+        return np.zeros((MODEL_SIDE, MODEL_SIDE), dtype=np.float32)
+    resized = np.minimum(resized / peak, 1.0)
+    centre_row, centre_column = ndimage.center_of_mass(resized)
+    # MNIST's centres of mass sit at (14, 14) in pixel-index coordinates, not at 13.5.
+    middle = MODEL_SIDE / 2
+    top = int(np.clip(round(middle - centre_row), 0, MODEL_SIDE - resized.shape[0]))
+    left = int(np.clip(round(middle - centre_column), 0, MODEL_SIDE - resized.shape[1]))
+    field = np.zeros((MODEL_SIDE, MODEL_SIDE), dtype=np.float32)
+    field[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    return field
+
+
+def preprocess(image) -> PreprocessedImage:
+    """Model inputs for every digit in `image` (array, PIL image, bytes or path)."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        original_height = image.size[1]
+    else:
+        image = np.asarray(image)
+        original_height = image.shape[0] if image.ndim >= 2 else 0
+    ink = ink_map(image)
+    scale_back = original_height / ink.shape[0]
+    mask = ink >= INK_MASK_LEVEL
+    digits, boxes = [], []
+    ink_rows, ink_columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if ink_rows.size == 0:
+        return PreprocessedImage(digits=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
+                                 boxes=())
+    # Work inside the ink's bounding box (plus the fringe): labelling is the costly step.
+    offset_row, offset_column = max(ink_rows[0] - 2, 0), max(ink_columns[0] - 2, 0)
+    ink = ink[offset_row:ink_rows[-1] + 3, offset_column:ink_columns[-1] + 3]
+    mask = mask[offset_row:ink_rows[-1] + 3, offset_column:ink_columns[-1] + 3]
+    for group_mask, (rows, columns) in _digit_groups(mask)[:MAX_DIGITS]:
+        if _is_dot(group_mask):
+            continue
+        # Widen the box by the anti-aliased fringe, and blank out neighbouring digits' ink.
+        top, left = max(rows.start - 2, 0), max(columns.start - 2, 0)
+        bottom, right = rows.stop + 2, columns.stop + 2
+        own = np.zeros(mask[top:bottom, left:right].shape, dtype=bool)
+        own[rows.start - top:rows.stop - top, columns.start - left:columns.stop - left] = group_mask
+        others = mask[top:bottom, left:right] & ~own
+        if others.any():
+            others = ndimage.binary_dilation(others, iterations=2) & ~own
+        digit_ink = np.where(others, 0.0, ink[top:bottom, left:right])
+        digits.append(normalise_digit(digit_ink))
+        boxes.append(DigitBox(left=int((columns.start + offset_column) * scale_back),
+                              top=int((rows.start + offset_row) * scale_back),
+                              right=int((columns.stop + offset_column) * scale_back),
+                              bottom=int((rows.stop + offset_row) * scale_back)))
+    stacked = (np.stack(digits) if digits
+               else np.zeros((0, MODEL_SIDE, MODEL_SIDE), dtype=np.float32))
+    return PreprocessedImage(digits=stacked.astype(np.float32), boxes=tuple(boxes))

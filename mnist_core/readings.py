@@ -1,0 +1,209 @@
+"""One path from a picture to a stored prediction, and the figures the History page and the API show.
+
+The Draw page, the upload box and the REST API all call :func:`predict_and_store`, so every
+input goes through the same preprocessing, the same model and the same record. The summary
+helpers turn storage answers into the numbers the dashboard and ``/api/stats`` report; they
+hold no Streamlit code, so they are tested without a browser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import typing
+import zoneinfo
+
+from mnist_core.inference import Reading, Recognizer
+from mnist_core.storage import AccuracyReport, HistoryCounts, PredictionRecord, PredictionStore, StoreOutcome
+from mnist_core.storage.records import SOURCES
+
+# The History page reads at most this many predictions for its per-prediction figures
+# (mean confidence, confidence distribution, table, CSV); counts per digit are exact.
+DEFAULT_RECORD_LIMIT = 5000
+# Uploads and API bodies above this size are refused before decoding (matches server.maxUploadSize = 2 MB).
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+ACCEPTED_IMAGE_TYPES = ("png", "jpg", "jpeg")
+
+
+class StoredReading(typing.NamedTuple):
+    """What one picture gave: the reading, and for a non-blank picture the record and where it went."""
+
+    reading: Reading
+    record: PredictionRecord | None
+    outcome: StoreOutcome | None
+
+
+def predict_and_store(image, *, source: str, recognizer: Recognizer, store: PredictionStore) -> StoredReading:
+    """Read a picture and store the prediction; a blank picture is answered and nothing is stored.
+
+    ``image`` is anything :meth:`Recognizer.read` takes (canvas RGBA array, bytes, PIL image,
+    path). Raises ImageDecodeError (a ValueError with a sentence) for unreadable images and
+    ValueError for an unknown source; storage outages never raise (the record is queued).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}.")
+    reading = recognizer.read(image)
+    if reading.is_blank:
+        return StoredReading(reading=reading, record=None, outcome=None)
+    record = record_for_reading(reading, source=source, model_version=recognizer.model_version)
+    return StoredReading(reading=reading, record=record, outcome=store.store(record))
+
+
+def record_for_reading(reading: Reading, *, source: str, model_version: str) -> PredictionRecord:
+    """The record stored for a non-blank reading: its first digit's probabilities and 28x28 input, and the number."""
+    if reading.is_blank:
+        raise ValueError("A blank reading has no digit to store.")
+    return PredictionRecord.new(
+        digit=reading.digit,
+        confidence=reading.confidence,
+        probabilities=reading.probabilities,
+        model_input=reading.model_input_bytes(0),
+        source=source,
+        model_version=model_version,
+        latency_ms=reading.latency_ms,
+        number=reading.number,
+    )
+
+
+def answer_text(reading: Reading) -> str:
+    """What the "Prediction" metric shows: the digit or the whole number first, then how sure the model is."""
+    if reading.is_blank:
+        raise ValueError("A blank reading has no answer to show.")
+    return f"{reading.number or reading.digit} ({reading.overall_confidence:.0%} sure)"
+
+
+def is_unsure(reading: Reading, threshold: float) -> bool:
+    """True when the model's confidence in the whole answer is below the threshold (the "not sure" state)."""
+    return not reading.is_blank and reading.overall_confidence < threshold
+
+
+# History figures --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HistorySummary:
+    """Everything the History page shows for a date range, in one object that can be cached."""
+
+    start: datetime.date
+    end: datetime.date
+    timezone: str
+    counts: HistoryCounts
+    today_count: int
+    accuracy: AccuracyReport
+    records: tuple[PredictionRecord, ...]
+    records_truncated: bool
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.totals_per_digit)
+
+    @property
+    def mean_confidence(self) -> float | None:
+        """Mean confidence over the predictions read for the range; None when there are none."""
+        if not self.records:
+            return None
+        return sum(record.confidence for record in self.records) / len(self.records)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total == 0 and not self.records
+
+
+def local_today(timezone: str) -> datetime.date:
+    return datetime.datetime.now(_zone(timezone)).date()
+
+
+def records_in_range(
+    store: PredictionStore,
+    *,
+    start: datetime.date,
+    end: datetime.date,
+    timezone: str,
+    limit: int = DEFAULT_RECORD_LIMIT,
+) -> tuple[list[PredictionRecord], bool]:
+    """Predictions made on local days start..end (newest first), at most ``limit``; and whether more exist.
+
+    Storage reads whole UTC days newest first, so this looks back from today far enough to
+    cover ``start`` in any zone and keeps the records whose local day is in the range.
+    """
+    if end < start:
+        raise ValueError(f"The range ends ({end}) before it starts ({start}).")
+    zone = _zone(timezone)
+    today_utc = datetime.datetime.now(datetime.timezone.utc).date()
+    max_days = max(1, (today_utc - start).days + 2)
+    # Read one more than asked so a full page tells us there is more.
+    fetched = store.latest(limit + 1, max_days=max_days)
+    in_range = [record for record in fetched if start <= record.created_at.astimezone(zone).date() <= end]
+    truncated = len(fetched) > limit and len(in_range) > limit
+    return in_range[:limit], truncated
+
+
+def history_summary(
+    store: PredictionStore,
+    *,
+    start: datetime.date,
+    end: datetime.date,
+    timezone: str,
+    record_limit: int = DEFAULT_RECORD_LIMIT,
+) -> HistorySummary:
+    """Counts, today's count, accuracy from feedback and the recent predictions for a local date range.
+
+    Raises StorageUnavailable when Cassandra cannot answer, ValueError for a bad range or zone.
+    """
+    counts = store.history_counts(start=start, end=end, timezone=timezone)
+    today = local_today(timezone)
+    if start <= today <= end:
+        today_count = sum(period.total for period in counts.daily if period.start.date() == today)
+    else:
+        today_count = sum(store.history_counts(start=today, end=today, timezone=timezone).totals_per_digit)
+    accuracy = store.accuracy(start=start, end=end, timezone=timezone)
+    records, truncated = records_in_range(store, start=start, end=end, timezone=timezone, limit=record_limit)
+    return HistorySummary(
+        start=start,
+        end=end,
+        timezone=timezone,
+        counts=counts,
+        today_count=today_count,
+        accuracy=accuracy,
+        records=tuple(records),
+        records_truncated=truncated,
+    )
+
+
+def digit_counts(store: PredictionStore, *, start: datetime.date, end: datetime.date, timezone: str) -> dict:
+    """Counts per digit for ``/api/stats``: a JSON-ready dict."""
+    counts = store.history_counts(start=start, end=end, timezone=timezone)
+    totals = counts.totals_per_digit
+    return {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "timezone": counts.timezone,
+        "total": sum(totals),
+        "counts": {str(digit): count for digit, count in enumerate(totals)},
+    }
+
+
+def record_rows(records: typing.Iterable[PredictionRecord], *, timezone: str) -> list[dict]:
+    """Table and CSV rows for predictions, times in the display zone (no image bytes)."""
+    zone = _zone(timezone)
+    return [
+        {
+            "time": record.created_at.astimezone(zone).replace(tzinfo=None),
+            "id": str(record.id),
+            "digit": record.digit,
+            "number": record.number,
+            "confidence": round(record.confidence, 4),
+            "true_label": record.true_label,
+            "source": record.source,
+            "model_version": record.model_version,
+            "latency_ms": round(record.latency_ms, 2),
+        }
+        for record in records
+    ]
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not a known time zone; use an IANA name such as 'Europe/Paris'.") from None

@@ -1,0 +1,189 @@
+"""The REST API served by the dashboard's own server (``st.App`` routes, Starlette underneath).
+
+``POST /api/predict`` reads an image (raw PNG/JPEG body, or multipart with one file) through
+the same :func:`mnist_core.readings.predict_and_store` as the Draw page, stored with source
+``api``; ``GET /api/health`` says whether the model is loaded and how storage is doing;
+``GET /api/stats?from=&to=&tz=`` gives counts per digit. This module is only the transport
+adapter: it parses requests, calls ``mnist_core``, and turns exceptions into 4xx/5xx JSON.
+The recognizer and store are injected as zero-argument callables so the app shares its
+cached ones and tests pass their own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mnist_core import readings, settings
+from mnist_core.inference import Recognizer
+from mnist_core.preprocess import ImageDecodeError
+from mnist_core.storage import PredictionStore, StorageUnavailable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATS_DAYS = 7
+MAX_STATS_DAYS = 366
+
+
+class RequestProblem(Exception):
+    """A request the API refuses, with the HTTP status and a sentence for the caller."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def _problem_response(problem: RequestProblem) -> JSONResponse:
+    return JSONResponse({"error": problem.message}, status_code=problem.status_code)
+
+
+async def _read_limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything above ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestProblem(413, f"The request is larger than the {limit // 1024} kB limit.")
+        except ValueError:
+            raise RequestProblem(400, "The Content-Length header is not a number.") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestProblem(413, f"The request is larger than the {limit // 1024} kB limit.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _image_bytes(request: Request, limit: int) -> bytes:
+    """The image from a raw body or from the first file of a multipart form."""
+    content_type = request.headers.get("content-type", "")
+    body = await _read_limited_body(request, limit)
+    if content_type.startswith("multipart/form-data"):
+        # The body was already read (with the size limit); replay it to a request that parses the form.
+        async def replay_body() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay_body).form(max_files=1, max_fields=10, max_part_size=limit)
+        try:
+            uploads = [value for value in form.values() if hasattr(value, "read")]
+            if not uploads:
+                raise RequestProblem(400, "The multipart form holds no file; send the image as a file field.")
+            return await uploads[0].read()
+        finally:
+            await form.close()
+    if not body:
+        raise RequestProblem(400, "The request has no body; send a PNG or JPEG image.")
+    return body
+
+
+def _parse_date(text: str | None, *, name: str, default: datetime.date) -> datetime.date:
+    if text is None or text == "":
+        return default
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise RequestProblem(400, f"{name}={text!r} is not a date; use YYYY-MM-DD.") from None
+
+
+def create_routes(
+    *,
+    get_recognizer: Callable[[], Recognizer],
+    get_store: Callable[[], PredictionStore],
+    default_timezone: str | None = None,
+    max_body_bytes: int = readings.MAX_UPLOAD_BYTES,
+) -> list[Route]:
+    """The API routes, reading the model and store through the given providers on each request.
+
+    ``default_timezone`` is the zone for /api/stats days when the caller gives no ``tz``;
+    None means the display time zone setting, read at request time.
+    """
+
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            image = await _image_bytes(request, max_body_bytes)
+            result = await run_in_threadpool(
+                readings.predict_and_store, image, source="api", recognizer=get_recognizer(), store=get_store()
+            )
+        except RequestProblem as problem:
+            return _problem_response(problem)
+        except ImageDecodeError as error:
+            return _problem_response(RequestProblem(415, str(error)))
+        reading = result.reading
+        if reading.is_blank:
+            return _problem_response(RequestProblem(422, "No digit was found in the image; nothing was stored."))
+        return JSONResponse(
+            {
+                "id": str(result.record.id),
+                "digit": reading.digit,
+                "number": reading.number,
+                "confidence": round(reading.overall_confidence, 6),
+                "probabilities": [round(value, 6) for value in reading.probabilities],
+                "stored": result.outcome.value,
+                "model_version": result.record.model_version,
+                "latency_ms": round(reading.latency_ms, 2),
+            }
+        )
+
+    async def wrong_method(request: Request) -> JSONResponse:
+        return JSONResponse({"error": "Use POST with a PNG or JPEG image as the body."}, status_code=405,
+                            headers={"Allow": "POST"})
+
+    async def not_found(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {"error": f"There is no API at {request.url.path}; use /api/predict, /api/health or /api/stats."},
+            status_code=404,
+        )
+
+    async def health(request: Request) -> JSONResponse:
+        try:
+            recognizer = await run_in_threadpool(get_recognizer)
+        except (OSError, ValueError) as error:
+            return JSONResponse({"status": "unavailable", "model_loaded": False, "error": str(error)}, status_code=503)
+        status = await run_in_threadpool(lambda: get_store().status())
+        return JSONResponse(
+            {
+                "status": "ok" if status.connected else "degraded",
+                "model_loaded": True,
+                "model_version": recognizer.model_version,
+                "storage": {"state": status.state, "pending": status.pending, "message": status.message},
+            }
+        )
+
+    async def stats(request: Request) -> JSONResponse:
+        try:
+            timezone = request.query_params.get("tz") or default_timezone or settings.get_settings().display_timezone
+            try:
+                today = readings.local_today(timezone)
+            except ValueError as error:
+                raise RequestProblem(400, str(error)) from None
+            end = _parse_date(request.query_params.get("to"), name="to", default=today)
+            start = _parse_date(
+                request.query_params.get("from"), name="from", default=end - datetime.timedelta(days=DEFAULT_STATS_DAYS - 1)
+            )
+            if end < start:
+                raise RequestProblem(400, f"to={end} is before from={start}.")
+            if (end - start).days >= MAX_STATS_DAYS:
+                raise RequestProblem(400, f"The range may cover at most {MAX_STATS_DAYS} days.")
+            body = await run_in_threadpool(readings.digit_counts, get_store(), start=start, end=end, timezone=timezone)
+        except RequestProblem as problem:
+            return _problem_response(problem)
+        except StorageUnavailable as error:
+            return JSONResponse({"error": str(error)}, status_code=503)
+        return JSONResponse(body)
+
+    return [
+        Route("/api/predict", predict, methods=["POST"]),
+        Route("/api/health", health, methods=["GET"]),
+        Route("/api/stats", stats, methods=["GET"]),
+        # Without these, Streamlit's catch-all would answer other /api/ requests with its HTML page.
+        Route("/api/predict", wrong_method, methods=["GET", "PUT", "PATCH", "DELETE"]),
+        Route("/api/{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    ]

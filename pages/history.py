@@ -1,0 +1,155 @@
+"""History page: what has been read, when, how sure the model was, and how often it was right.
+
+One cached call to ``mnist_core.readings.history_summary`` per (keyspace, range, zone) feeds
+every figure, chart, the table and the CSV; Refresh drops the cache.
+"""
+
+import datetime
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, resources
+from mnist_core import readings, settings, storage
+
+CACHE_SECONDS = 30
+DEFAULT_DAYS = 7
+TABLE_ROWS = 50
+COMMON_TIMEZONES = ["UTC", "Europe/London", "Europe/Paris", "America/New_York", "America/Los_Angeles", "Asia/Tokyo"]
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner="Reading the history from Cassandra...")
+def load_summary(*, keyspace: str, start: datetime.date, end: datetime.date, timezone: str) -> readings.HistorySummary:
+    """The History figures for a range; the keyspace is part of the cache key so tests never share entries."""
+    return readings.history_summary(resources.store_resource(), start=start, end=end, timezone=timezone)
+
+
+def timezone_choices(default: str) -> list[str]:
+    browser = st.context.timezone
+    ordered = [default, browser, *COMMON_TIMEZONES]
+    return list(dict.fromkeys(zone for zone in ordered if zone))
+
+
+def controls_ui(default_timezone: str) -> tuple[datetime.date, datetime.date, str, str] | None:
+    """Range, zone and granularity; None while the user has picked only the first date of the range."""
+    range_column, zone_column, granularity_column, refresh_column = st.columns([3, 2, 2, 1], vertical_alignment="bottom")
+    timezone = zone_column.selectbox("Time zone", timezone_choices(default_timezone), key="history_timezone")
+    today = readings.local_today(timezone)
+    picked = range_column.date_input(
+        "Dates", value=(today - datetime.timedelta(days=DEFAULT_DAYS - 1), today), max_value=today, key="history_range"
+    )
+    granularity = granularity_column.segmented_control(
+        "Over time", ["hour", "day"], default="day", format_func=lambda value: f"per {value}", key="history_granularity"
+    ) or "day"
+    if refresh_column.button("Refresh", icon=":material/refresh:", key="history_refresh"):
+        load_summary.clear()
+    if not isinstance(picked, tuple | list) or len(picked) != 2:
+        return None
+    return picked[0], picked[1], timezone, granularity
+
+
+def figures_ui(summary: readings.HistorySummary) -> None:
+    total, today, confidence, accuracy = st.columns(4)
+    total.metric("Predictions", f"{summary.total:,}", border=True)
+    today.metric("Today", f"{summary.today_count:,}", border=True)
+    mean = summary.mean_confidence
+    confidence.metric("Mean confidence", "–" if mean is None else f"{mean:.1%}", border=True)
+    report = summary.accuracy
+    accuracy.metric(
+        "Accuracy from feedback",
+        "–" if report.accuracy is None else f"{report.accuracy:.1%}",
+        help=f"{report.correct} of {report.corrections} predictions with feedback were right.",
+        border=True,
+    )
+
+
+def charts_ui(summary: readings.HistorySummary, granularity: str) -> None:
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Counts per digit")
+        st.altair_chart(charts.counts_per_digit_chart(summary.counts.totals_per_digit), width="stretch", key="history_counts_chart")
+    with right:
+        st.subheader(f"Over time (per {granularity})")
+        st.altair_chart(
+            charts.counts_over_time_chart(summary.counts.long_rows(granularity), granularity=granularity),
+            width="stretch",
+            key="history_time_chart",
+        )
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Confidence")
+        if summary.records:
+            st.altair_chart(
+                charts.confidence_histogram([record.confidence for record in summary.records]),
+                width="stretch",
+                key="history_confidence_chart",
+            )
+        if summary.records_truncated:
+            st.caption(f"From the latest {len(summary.records):,} predictions of the range.")
+    with right:
+        st.subheader("Feedback: true vs predicted")
+        if summary.accuracy.corrections:
+            st.altair_chart(charts.confusion_heatmap(summary.accuracy.confusion), width="stretch", key="history_confusion_chart")
+        else:
+            st.caption("No feedback yet: answer “Was this right?” on the Draw page to fill this in.")
+
+
+def table_ui(summary: readings.HistorySummary) -> None:
+    st.subheader("Latest predictions")
+    rows = readings.record_rows(summary.records, timezone=summary.timezone)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        st.caption("No single predictions to list in this range.")
+        return
+    shown = frame.head(TABLE_ROWS).copy()
+    shown.insert(1, "image", [charts.thumbnail_data_url(record.model_input) for record in summary.records[:TABLE_ROWS]])
+    st.dataframe(
+        shown.drop(columns=["id"]),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "image": st.column_config.ImageColumn("Input", width="small"),
+            "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="percent"),
+            "time": st.column_config.DatetimeColumn("Time", format="YYYY-MM-DD HH:mm:ss"),
+        },
+        key="history_table",
+    )
+    st.download_button(
+        "Download CSV",
+        frame.to_csv(index=False).encode("utf-8"),
+        file_name=f"predictions_{summary.start}_{summary.end}.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="history_download",
+    )
+
+
+# Page ---------------------------------------------------------------------------------
+
+app_settings = settings.get_settings()
+st.title("History")
+choice = controls_ui(app_settings.display_timezone)
+if choice is None:
+    st.info("Pick the last day of the range too.")
+    st.stop()
+start, end, timezone, granularity = choice
+try:
+    summary = load_summary(keyspace=app_settings.cassandra_keyspace, start=start, end=end, timezone=timezone)
+except storage.StorageUnavailable as error:
+    st.error(f"The history cannot be read right now. {error}", icon=":material/cloud_off:")
+    st.stop()
+except ValueError as error:
+    st.error(str(error))
+    st.stop()
+
+if summary.is_empty:
+    st.info(
+        f"No predictions between {start:%d %b %Y} and {end:%d %b %Y} yet. Draw a digit on the Draw page and it shows up here.",
+        icon=":material/hourglass_empty:",
+    )
+    st.page_link("pages/draw.py", label="Go to Draw", icon=":material/draw:")
+    st.stop()
+
+figures_ui(summary)
+charts_ui(summary, granularity)
+table_ui(summary)

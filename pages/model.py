@@ -1,0 +1,67 @@
+"""Model page: the model card written at the end of training, shown as figures and Altair charts.
+
+Everything comes from ``models/mnist_cnn.card.json`` through the loaded recognizer, so the
+page always describes the model that is answering.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, resources
+
+
+def facts_ui(card: dict) -> None:
+    accuracy, parameters, errors, training = st.columns(4)
+    test_accuracy = card.get("test_accuracy")
+    accuracy.metric("MNIST test accuracy", "–" if test_accuracy is None else f"{test_accuracy:.2%}", border=True)
+    parameters.metric("Parameters", f"{card.get('parameter_count', 0):,}", border=True)
+    if "test_errors" in card:
+        errors.metric("Test errors", f"{card['test_errors']:,} of {card.get('test_examples', 0):,}", border=True)
+    if "training_seconds" in card:
+        training.metric("Training time", f"{card['training_seconds'] / 60:.1f} min", border=True)
+
+
+def training_setup_ui(card: dict) -> None:
+    """Architecture and the hyperparameters the card recorded, as a small table."""
+    setup_keys = [
+        "architecture", "epochs", "batch_size", "learning_rate", "label_smoothing", "augmentation",
+        "training_examples", "validation_examples", "seed", "data_source",
+    ]
+    rows = [{"setting": key.replace("_", " "), "value": str(card[key])} for key in setup_keys if key in card]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="model_setup")
+    if card.get("layers"):
+        st.caption("Layers: " + " → ".join(card["layers"]))
+
+
+# Page ---------------------------------------------------------------------------------
+
+st.title("Model")
+try:
+    recognizer = resources.recognizer_resource()
+except (OSError, ValueError) as error:
+    st.error(f"The model could not be loaded: {error}")
+    st.stop()
+card = recognizer.model_card
+if not card:
+    st.info(f"Model `{recognizer.model_version}` has no model card next to it, so there is nothing to show.")
+    st.stop()
+
+st.caption(f"Model version `{recognizer.model_version}`")
+facts_ui(card)
+setup_column, classes_column = st.columns(2)
+with setup_column:
+    st.subheader("Architecture and training")
+    training_setup_ui(card)
+with classes_column:
+    st.subheader("Precision and recall per digit")
+    if card.get("per_class"):
+        st.altair_chart(charts.per_class_chart(card["per_class"]), width="stretch", key="model_per_class_chart")
+matrix_column, curves_column = st.columns(2)
+with matrix_column:
+    st.subheader("Confusion matrix (MNIST test set)")
+    if card.get("confusion_matrix"):
+        st.altair_chart(charts.confusion_heatmap(card["confusion_matrix"]), width="stretch", key="model_confusion_chart")
+with curves_column:
+    st.subheader("Training curves")
+    if card.get("history"):
+        st.altair_chart(charts.training_curves_chart(card["history"]), key="model_curves_chart")

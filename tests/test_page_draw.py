@@ -1,0 +1,131 @@
+"""AppTest of the Draw page: what it shows for a drawing, a blank canvas, an upload and feedback.
+
+The canvas component cannot render under AppTest, so ``fake_canvas`` hands the page a canvas
+picture (an MNIST digit redrawn as strokes); everything after the canvas is the real page,
+the shipped model and the real Cassandra node.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import REPOSITORY_ROOT, chart_frames
+from train.drawings import CANVAS_SIDE, redraw
+
+pytestmark = pytest.mark.cassandra
+
+APP_TIMEOUT_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def drawn_digit(mnist):
+    return redraw(mnist.test_images[0], "fill", np.random.default_rng(2)), int(mnist.test_labels[0])
+
+
+def draw_page() -> AppTest:
+    app = AppTest.from_file(str(REPOSITORY_ROOT / "Home.py"), default_timeout=APP_TIMEOUT_SECONDS)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def stored_records(settings):
+    from mnist_core.storage import PredictionStore
+
+    store = PredictionStore(settings, background=False)
+    try:
+        return store.latest(100)
+    finally:
+        store.close()
+
+
+def test_predict_shows_the_digit_its_probabilities_and_stores_it(app_settings, fake_canvas, drawn_digit, recognizer):
+    picture, label = drawn_digit
+    expected = recognizer.read(picture)
+    app = draw_page()
+    assert not app.metric, "nothing should be predicted before Predict"
+
+    fake_canvas.picture = picture
+    app.button(key="draw_predict").click().run()
+
+    assert not app.exception, app.exception
+    prediction = app.metric[0]
+    assert prediction.label == "Prediction"
+    assert prediction.value.startswith(str(label))
+    assert f"{expected.overall_confidence:.0%}" in prediction.value
+    probabilities = chart_frames(app)["draw_probabilities_chart"][0]
+    assert list(probabilities["digit"]) == list(range(10))
+    assert probabilities["probability"].to_numpy() == pytest.approx(np.array(expected.probabilities), abs=1e-6)
+    assert len(app.get("imgs")) >= 1, "the 28x28 model input is shown"
+    assert any("Saved to Cassandra" in toast.value for toast in app.toast)
+
+    records = stored_records(app_settings)
+    assert [(record.digit, record.source) for record in records[:1]] == [(label, "canvas")]
+
+
+def test_feedback_stores_the_right_digit(app_settings, fake_canvas, drawn_digit):
+    picture, label = drawn_digit
+    wrong_answer = (label + 1) % 10
+    app = draw_page()
+    fake_canvas.picture = picture
+    app.button(key="draw_predict").click().run()
+    record_id = app.session_state["draw_result"].record.id
+
+    app.radio(key=f"draw_right_{record_id}").set_value("No").run()
+    app.pills(key=f"draw_true_label_{record_id}").set_value(wrong_answer).run()
+
+    assert not app.exception, app.exception
+    assert any(f"Recorded {wrong_answer}" in message.value for message in app.success)
+    stored = next(record for record in stored_records(app_settings) if record.id == record_id)
+    assert stored.true_label == wrong_answer
+
+
+def test_a_blank_canvas_says_draw_first_and_stores_nothing(app_settings, fake_canvas):
+    app = draw_page()
+    before = len(stored_records(app_settings))
+    fake_canvas.picture = np.zeros((CANVAS_SIDE, CANVAS_SIDE, 4), dtype=np.uint8)
+    app.button(key="draw_predict").click().run()
+
+    assert not app.exception, app.exception
+    assert [message.value for message in app.info] == ["Draw a digit first."]
+    assert not app.metric
+    assert len(stored_records(app_settings)) == before
+
+
+def test_below_the_threshold_the_page_says_not_sure(app_settings, fake_canvas, drawn_digit, monkeypatch):
+    from mnist_core import settings
+
+    monkeypatch.setenv("MNIST_CONFIDENCE_THRESHOLD", "1.0")
+    settings.get_settings.cache_clear()
+    app = draw_page()
+    fake_canvas.picture = drawn_digit[0]
+    app.button(key="draw_predict").click().run()
+
+    assert any(message.value.startswith("Not sure") for message in app.warning)
+
+
+def test_an_upload_is_read_and_stored_as_upload(app_settings, fake_canvas, drawn_digit):
+    picture, label = drawn_digit
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    app = draw_page()
+
+    app.file_uploader(key="draw_upload_0").upload(buffer.getvalue(), name="digit.png", mime_type="image/png").run()
+
+    assert not app.exception, app.exception
+    assert app.metric[0].value.startswith(str(label))
+    assert stored_records(app_settings)[0].source == "upload"
+
+
+def test_an_unreadable_upload_is_an_error_message(app_settings, fake_canvas):
+    app = draw_page()
+    app.file_uploader(key="draw_upload_0").upload(b"not a picture at all", name="digit.png", mime_type="image/png").run()
+
+    assert not app.exception, app.exception
+    assert app.error and "image" in app.error[0].value.lower()
+    assert not app.metric

@@ -1,0 +1,142 @@
+"""The REST API routes on a Starlette app, with the shipped model and the real Cassandra node.
+
+The same routes are mounted by Home.py's ``st.App``; the browser tests call them on the real
+server too. Here each answer and each refusal is checked, and stored rows are read back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from mnist_core import rest_api
+from train.drawings import redraw
+
+pytestmark = pytest.mark.cassandra
+
+SMALL_BODY_LIMIT = 64 * 1024
+
+
+@pytest.fixture
+def client(recognizer, store):
+    application = Starlette(
+        routes=rest_api.create_routes(
+            get_recognizer=lambda: recognizer,
+            get_store=lambda: store,
+            default_timezone="UTC",
+            max_body_bytes=SMALL_BODY_LIMIT,
+        )
+    )
+    with TestClient(application) as test_client:
+        yield test_client
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digit_png(mnist):
+    """An MNIST test digit drawn as canvas strokes, saved as a PNG, and its label."""
+    canvas = redraw(mnist.test_images[0], "fill", np.random.default_rng(1))
+    return png_bytes(canvas), int(mnist.test_labels[0])
+
+
+def test_predict_with_a_raw_png_body_stores_an_api_prediction(client, digit_png, store, raw_session):
+    body, label = digit_png
+    response = client.post("/api/predict", content=body, headers={"Content-Type": "image/png"})
+
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["digit"] == label
+    assert answer["number"] is None
+    assert len(answer["probabilities"]) == 10
+    assert answer["confidence"] == pytest.approx(max(answer["probabilities"]), abs=1e-5)
+    assert answer["stored"] == "stored"
+    row = raw_session.execute(
+        f"SELECT source, digit FROM {store.settings.cassandra_keyspace}.predictions_by_day WHERE day = %s",
+        (datetime.datetime.now(datetime.timezone.utc).date(),),
+    )
+    stored = {(item.source, item.digit) for item in row}
+    assert ("api", label) in stored
+
+
+def test_predict_accepts_a_multipart_upload(client, digit_png):
+    body, label = digit_png
+    response = client.post("/api/predict", files={"image": ("digit.png", body, "image/png")})
+    assert response.status_code == 200, response.text
+    assert response.json()["digit"] == label
+
+
+def test_a_blank_image_is_422_and_stores_nothing(client, store):
+    before = len(store.latest(200))
+    response = client.post("/api/predict", content=png_bytes(np.full((60, 60), 255, dtype=np.uint8)))
+    assert response.status_code == 422
+    assert "nothing was stored" in response.json()["error"]
+    assert len(store.latest(200)) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(b"", 400), (b"this is not an image", 415), (b"\x89PNG\r\n\x1a\n" + bytes(SMALL_BODY_LIMIT), 413)],
+    ids=["empty", "not-an-image", "too-large"],
+)
+def test_bad_bodies_get_a_clear_4xx(client, body, status):
+    response = client.post("/api/predict", content=body)
+    assert response.status_code == status
+    assert response.json()["error"]
+
+
+def test_a_multipart_form_without_a_file_is_400(client):
+    response = client.post("/api/predict", files={"note": (None, "no file here")})
+    assert response.status_code == 400
+
+
+def test_wrong_method_and_unknown_path_answer_json(client):
+    assert client.get("/api/predict").status_code == 405
+    missing = client.get("/api/nothing-here")
+    assert missing.status_code == 404
+    assert "/api/predict" in missing.json()["error"]
+
+
+def test_health_reports_the_model_and_storage(client, recognizer):
+    answer = client.get("/api/health").json()
+    assert answer["model_loaded"] is True
+    assert answer["model_version"] == recognizer.model_version
+    assert answer["storage"]["state"] == "connected"
+    assert answer["status"] == "ok"
+
+
+def test_stats_count_what_was_predicted(client, digit_png, store):
+    body, label = digit_png
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    # Earlier tests' stores left their slots marked for recounting; settle them so "before" is exact.
+    store.refresh_marked_slots()
+    before = client.get("/api/stats", params={"from": today, "to": today}).json()
+    client.post("/api/predict", content=body)
+    client.post("/api/predict", content=body)
+    store.flush()
+    after = client.get("/api/stats", params={"from": today, "to": today})
+
+    assert after.status_code == 200
+    assert after.json()["counts"][str(label)] == before["counts"][str(label)] + 2
+    assert after.json()["total"] == before["total"] + 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"from": "2026-13-01"}, {"from": "2026-05-02", "to": "2026-05-01"}, {"tz": "Nowhere/Land"}, {"from": "2020-01-01", "to": "2026-01-01"}],
+    ids=["bad-date", "reversed", "bad-zone", "too-long"],
+)
+def test_stats_refuse_bad_queries(client, params):
+    response = client.get("/api/stats", params=params)
+    assert response.status_code == 400
+    assert response.json()["error"]
