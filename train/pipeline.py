@@ -35,6 +35,8 @@ class TrainingOptions:
     verbose: int = 1
 
 
+MOVING_AVERAGE_MINIMUM_STEPS = 2_000
+
 # Hyperparameters of the ancestor, used when the baseline architecture is chosen.
 BASELINE_LEARNING_RATE = 1e-3
 
@@ -81,8 +83,10 @@ def _compile(network, options: TrainingOptions, steps_per_epoch: int):
             initial_learning_rate=options.learning_rate / 10,
             decay_steps=max(1, steps_per_epoch * options.epochs - steps_per_epoch),
             warmup_target=options.learning_rate, warmup_steps=steps_per_epoch, alpha=0.01)
-        # A moving average of the weights smooths the last, noisy steps of training.
-        optimizer = keras.optimizers.Adam(learning_rate=schedule, use_ema=True,
+        # A moving average of the weights smooths the last, noisy steps of training; it
+        # needs far more steps than its horizon (about 100), so short runs go without.
+        use_moving_average = steps_per_epoch * options.epochs >= MOVING_AVERAGE_MINIMUM_STEPS
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, use_ema=use_moving_average,
                                           ema_momentum=0.99)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing)
     network.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
@@ -111,7 +115,7 @@ def train(options: TrainingOptions, data: MnistSplits | None = None) -> dict:
                                 dataclasses.replace(options, augment=options.augment
                                                     and options.architecture != "baseline"))
     started = time.perf_counter()
-    history = network.fit(dataset, epochs=options.epochs, verbose=options.verbose,
+    history = network.fit(dataset, epochs=options.epochs, verbose=options.verbose, shuffle=False,
                           validation_data=(validation_inputs, validation_targets))
     training_seconds = time.perf_counter() - started
 
