@@ -3,7 +3,9 @@
 Streamlit finds the ``st.App`` below (``app``) and serves it with uvicorn: the same server
 then answers ``/api/predict``, ``/api/health`` and ``/api/stats`` next to the pages. When
 Streamlit runs this file as the page script (``__name__ == "__main__"``) it only declares the
-navigation and the sidebar; the pages themselves live in ``pages/``.
+navigation and the sidebar. The pages live in ``app_pages/``, not ``pages/``: Streamlit
+treats a ``pages/`` folder as the old multipage layout, and a session that starts on a
+page URL such as /history would run that page directly, without this navigation.
 """
 
 import pathlib
@@ -16,9 +18,9 @@ if __name__ == "__main__":
     st.set_page_config(page_title="Digit reader", page_icon=":material/draw:", layout="wide")
     navigation = st.navigation(
         [
-            st.Page("pages/draw.py", title="Draw", icon=":material/draw:", default=True, url_path="draw"),
-            st.Page("pages/history.py", title="History", icon=":material/monitoring:", url_path="history"),
-            st.Page("pages/model.py", title="Model", icon=":material/model_training:", url_path="model"),
+            st.Page("app_pages/draw.py", title="Draw", icon=":material/draw:", default=True, url_path="draw"),
+            st.Page("app_pages/history.py", title="History", icon=":material/monitoring:", url_path="history"),
+            st.Page("app_pages/model.py", title="Model", icon=":material/model_training:", url_path="model"),
         ]
     )
     resources.render_sidebar()

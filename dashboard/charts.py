@@ -43,7 +43,7 @@ def counts_per_digit_chart(totals: Sequence[int]) -> alt.Chart:
         .mark_bar()
         .encode(
             x=alt.X("digit:O", title="Digit", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("count:Q", title="Predictions"),
+            y=alt.Y("count:Q", title="Predictions", axis=alt.Axis(tickMinStep=1)),
             color=alt.Color("digit:N", scale=DIGIT_SCALE, legend=None),
             tooltip=["digit", "count"],
         )
@@ -54,13 +54,17 @@ def counts_over_time_chart(rows: Sequence[dict], *, granularity: str) -> alt.Cha
     """Predictions per hour or per day, stacked by digit (rows from HistoryCounts.long_rows)."""
     frame = pd.DataFrame(rows, columns=["period_start", "digit", "count"])
     frame["period_start"] = pd.to_datetime(frame["period_start"].map(lambda moment: moment.replace(tzinfo=None)))
-    unit = "yearmonthdatehours" if granularity == "hour" else "yearmonthdate"
+    if granularity == "hour":
+        x = alt.X("yearmonthdatehours(period_start):T", title="Hour")
+    else:
+        # One labelled band per day reads better than a time axis whose ticks fall between bars.
+        x = alt.X("yearmonthdate(period_start):O", title="Day", axis=alt.Axis(format="%d %b", labelAngle=0))
     return (
         alt.Chart(frame, height=260)
         .mark_bar()
         .encode(
-            x=alt.X(f"{unit}(period_start):T", title="Hour" if granularity == "hour" else "Day"),
-            y=alt.Y("sum(count):Q", title="Predictions", stack="zero"),
+            x=x,
+            y=alt.Y("sum(count):Q", title="Predictions", stack="zero", axis=alt.Axis(tickMinStep=1)),
             color=alt.Color("digit:N", scale=DIGIT_SCALE, title="Digit"),
             tooltip=[alt.Tooltip("period_start:T", title="From"), "digit", "count"],
         )
@@ -95,7 +99,7 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], *, title_rows: str = "Tru
         color=alt.Color("count:Q", scale=alt.Scale(scheme="blues", type="symlog"), legend=None),
         tooltip=["true", "predicted", "count"],
     )
-    labels = base.mark_text(fontSize=10).encode(
+    labels = base.transform_filter("datum.count > 0").mark_text(fontSize=10).encode(
         text=alt.Text("count:Q"),
         color=alt.condition(f"datum.count > {max(1, frame['count'].max()) / 2}", alt.value("white"), alt.value("black")),
     )
@@ -112,12 +116,12 @@ def per_class_chart(per_class: dict) -> alt.Chart:
     low = max(0.0, min(0.9, float(frame["value"].min()) - 0.02)) if len(frame) else 0.0
     return (
         alt.Chart(frame, height=240)
-        .mark_bar()
+        .mark_bar(clip=True)  # the axis starts near the lowest score, so bars are cut at it
         .encode(
             x=alt.X("digit:O", title="Digit", axis=alt.Axis(labelAngle=0)),
             xOffset="measure:N",
             y=alt.Y("value:Q", title="Score", scale=alt.Scale(domain=[low, 1]), axis=alt.Axis(format="%")),
-            color=alt.Color("measure:N", title=None),
+            color=alt.Color("measure:N", title=None, legend=alt.Legend(orient="bottom")),
             tooltip=["digit", "measure", alt.Tooltip("value:Q", format=".2%")],
         )
     )

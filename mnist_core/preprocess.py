@@ -93,10 +93,14 @@ def load_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
         raise
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(f"The image is too large to decode safely: {error}") from error
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as error:
+    except Image.UnidentifiedImageError as error:
         raise ImageDecodeError(
-            "This is not a readable PNG, JPEG or other image file "
-            f"({error.__class__.__name__}: {error}).") from error
+            "This is not a readable PNG, JPEG or other image file.") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        # Pillow's messages may name an in-memory buffer object; keep only the reason.
+        reason = str(error).split(" <_io.")[0].strip() or error.__class__.__name__
+        raise ImageDecodeError(
+            f"This is not a readable PNG, JPEG or other image file ({reason}).") from error
 
 
 def _image_to_array(image: Image.Image) -> np.ndarray:

@@ -281,18 +281,6 @@ def app_settings(module_keyspace: str, tmp_path: pathlib.Path, monkeypatch: pyte
     _forget_process_storage()
 
 
-CHART_KEYS = (
-    "draw_probabilities_chart",
-    "history_counts_chart",
-    "history_time_chart",
-    "history_confidence_chart",
-    "history_confusion_chart",
-    "model_per_class_chart",
-    "model_confusion_chart",
-    "model_curves_chart",
-)
-
-
 @dataclasses.dataclass
 class FakeCanvas:
     """Stands in for streamlit-drawable-canvas (whose component cannot render under AppTest): returns ``picture``."""
@@ -315,8 +303,8 @@ def fake_canvas(monkeypatch: pytest.MonkeyPatch) -> FakeCanvas:
     return canvas
 
 
-def chart_frames(app_test) -> dict:
-    """Every Altair chart on an AppTest page, by its widget key, as the DataFrames it plots."""
+def chart_frames(app_test) -> list:
+    """The data of every Altair chart on an AppTest page, in page order (one DataFrame per chart)."""
     from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 
     def walk(node):
@@ -324,12 +312,15 @@ def chart_frames(app_test) -> dict:
         for child in getattr(node, "children", {}).values():
             yield from walk(child)
 
-    frames = {}
-    for node in walk(app_test.main):
-        if getattr(node, "type", None) != "vega_lite_chart":
-            continue
-        datasets = [convert_arrow_bytes_to_pandas_df(dataset.data.data) for dataset in node.proto.datasets]
-        # Keyed elements carry the user key at the end of their id.
-        key = next((name for name in CHART_KEYS if node.proto.id.endswith(name)), node.proto.id)
-        frames[key] = datasets
-    return frames
+    return [
+        convert_arrow_bytes_to_pandas_df(node.proto.datasets[0].data.data)
+        for node in walk(app_test.main)
+        if getattr(node, "type", None) == "vega_lite_chart" and node.proto.datasets
+    ]
+
+
+def chart_with_columns(app_test, *columns: str):
+    """The one chart whose data has exactly these columns (charts are told apart by what they plot)."""
+    matches = [frame for frame in chart_frames(app_test) if set(columns) == set(frame.columns)]
+    assert len(matches) == 1, f"expected one chart plotting {columns}, found {len(matches)}"
+    return matches[0]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import REPOSITORY_ROOT, chart_frames
+from tests.conftest import REPOSITORY_ROOT, chart_with_columns
 from train.drawings import CANVAS_SIDE, redraw
 
 pytestmark = pytest.mark.cassandra
@@ -58,10 +58,10 @@ def test_predict_shows_the_digit_its_probabilities_and_stores_it(app_settings, f
     assert prediction.label == "Prediction"
     assert prediction.value.startswith(str(label))
     assert f"{expected.overall_confidence:.0%}" in prediction.value
-    probabilities = chart_frames(app)["draw_probabilities_chart"][0]
+    probabilities = chart_with_columns(app, "digit", "probability", "predicted")
     assert list(probabilities["digit"]) == list(range(10))
     assert probabilities["probability"].to_numpy() == pytest.approx(np.array(expected.probabilities), abs=1e-6)
-    assert len(app.get("imgs")) >= 1, "the 28x28 model input is shown"
+    assert any("What the model saw" in caption for image in app.image for caption in image.captions)
     assert any("Saved to Cassandra" in toast.value for toast in app.toast)
 
     records = stored_records(app_settings)
@@ -115,7 +115,7 @@ def test_an_upload_is_read_and_stored_as_upload(app_settings, fake_canvas, drawn
     Image.fromarray(picture).save(buffer, format="PNG")
     app = draw_page()
 
-    app.file_uploader(key="draw_upload_0").upload(buffer.getvalue(), name="digit.png", mime_type="image/png").run()
+    app.file_uploader(key="draw_upload_0").upload("digit.png", buffer.getvalue(), mime_type="image/png").run()
 
     assert not app.exception, app.exception
     assert app.metric[0].value.startswith(str(label))
@@ -124,7 +124,7 @@ def test_an_upload_is_read_and_stored_as_upload(app_settings, fake_canvas, drawn
 
 def test_an_unreadable_upload_is_an_error_message(app_settings, fake_canvas):
     app = draw_page()
-    app.file_uploader(key="draw_upload_0").upload(b"not a picture at all", name="digit.png", mime_type="image/png").run()
+    app.file_uploader(key="draw_upload_0").upload("digit.png", b"not a picture at all", mime_type="image/png").run()
 
     assert not app.exception, app.exception
     assert app.error and "image" in app.error[0].value.lower()

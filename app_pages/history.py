@@ -32,7 +32,7 @@ def timezone_choices(default: str) -> list[str]:
 
 def controls_ui(default_timezone: str) -> tuple[datetime.date, datetime.date, str, str] | None:
     """Range, zone and granularity; None while the user has picked only the first date of the range."""
-    range_column, zone_column, granularity_column, refresh_column = st.columns([3, 2, 2, 1], vertical_alignment="bottom")
+    range_column, zone_column, granularity_column, refresh_column = st.columns([3, 2, 2, 1.4], vertical_alignment="bottom")
     timezone = zone_column.selectbox("Time zone", timezone_choices(default_timezone), key="history_timezone")
     today = readings.local_today(timezone)
     picked = range_column.date_input(
@@ -147,7 +147,7 @@ if summary.is_empty:
         f"No predictions between {start:%d %b %Y} and {end:%d %b %Y} yet. Draw a digit on the Draw page and it shows up here.",
         icon=":material/hourglass_empty:",
     )
-    st.page_link("pages/draw.py", label="Go to Draw", icon=":material/draw:")
+    st.page_link("app_pages/draw.py", label="Go to Draw", icon=":material/draw:")
     st.stop()
 
 figures_ui(summary)

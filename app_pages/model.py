@@ -16,7 +16,7 @@ def facts_ui(card: dict) -> None:
     accuracy.metric("MNIST test accuracy", "–" if test_accuracy is None else f"{test_accuracy:.2%}", border=True)
     parameters.metric("Parameters", f"{card.get('parameter_count', 0):,}", border=True)
     if "test_errors" in card:
-        errors.metric("Test errors", f"{card['test_errors']:,} of {card.get('test_examples', 0):,}", border=True)
+        errors.metric(f"Test errors (of {card.get('test_examples', 0):,})", f"{card['test_errors']:,}", border=True)
     if "training_seconds" in card:
         training.metric("Training time", f"{card['training_seconds'] / 60:.1f} min", border=True)
 

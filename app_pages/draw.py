@@ -2,8 +2,9 @@
 
 The canvas sends its picture 200 ms after mouse-up; a Predict click can reach the server
 first, with the picture from before the last stroke. So a click marks a prediction as
-pending, the page gives the last stroke ``CLICK_GRACE_SECONDS`` to arrive (one short sleep
-and a rerun), then reads the newest picture. Everything else is ``mnist_core.readings``.
+pending and the page gives the last stroke ``CLICK_GRACE_SECONDS`` to arrive (a picture
+arriving meanwhile restarts the run with it), then reads the newest picture; with nothing
+drawn yet it waits up to ``STROKE_WAIT_SECONDS``. Everything else is ``mnist_core.readings``.
 """
 
 import hashlib
@@ -21,8 +22,8 @@ CANVAS_SIDE = 280
 DEFAULT_STROKE_WIDTH = 18
 # The canvas sends its picture 200 ms after mouse-up (debounced), so a Predict click waits this
 # long for a newer picture; with nothing drawn yet it waits up to STROKE_WAIT_SECONDS.
-CLICK_GRACE_SECONDS = 0.25
-STROKE_WAIT_SECONDS = 1.0
+CLICK_GRACE_SECONDS = 0.2
+STROKE_WAIT_SECONDS = 1.5
 STROKE_POLL_SECONDS = 0.1
 DIGIT_CHOICES = list(range(10))
 
@@ -107,6 +108,19 @@ def read_and_store(image, *, source: str) -> None:
     show_toast(result.outcome)
 
 
+def wait_for_stroke(seconds: float) -> None:
+    """Pause this run briefly; a canvas picture arriving meanwhile stops it and starts a run with that picture.
+
+    Streamlit stops a run for a newer rerun request at its next element call, so the loop
+    touches a placeholder after each short sleep (cheaper and faster than st.rerun()).
+    """
+    deadline = time.monotonic() + seconds
+    checkpoint = st.empty()
+    while time.monotonic() < deadline:
+        time.sleep(STROKE_POLL_SECONDS)
+        checkpoint.empty()
+
+
 def handle_canvas(image: np.ndarray | None, *, live: bool) -> None:
     """Predict the canvas picture when asked (or live), after giving a stroke still in flight time to arrive."""
     signature = picture_signature(image)
@@ -117,10 +131,11 @@ def handle_canvas(image: np.ndarray | None, *, live: bool) -> None:
             read_and_store(image, source="canvas")
         return
     waited = time.monotonic() - pending_since
-    if waited < CLICK_GRACE_SECONDS or (not has_ink(image) and waited < STROKE_WAIT_SECONDS):
-        # The last stroke's picture may still be on its way: look again in a moment.
-        time.sleep(max(STROKE_POLL_SECONDS, CLICK_GRACE_SECONDS - waited))
-        st.rerun()
+    if waited < CLICK_GRACE_SECONDS:
+        wait_for_stroke(CLICK_GRACE_SECONDS - waited)
+    if not has_ink(image):
+        # Nothing has arrived yet: the first stroke may still be on its way.
+        wait_for_stroke(STROKE_WAIT_SECONDS - (time.monotonic() - pending_since))
     st.session_state.draw_pending_since = None
     if not has_ink(image):
         st.session_state.draw_result = None
@@ -219,7 +234,10 @@ with drawing_column:
     stroke_width, live = controls_ui()
     canvas_image = canvas_ui(stroke_width)
     predict_column, clear_column = st.columns(2)
-    predict_column.button("Predict", type="primary", key="draw_predict", on_click=request_prediction, width="stretch")
+    # Read the click inline, not in on_click: a click whose run is cut short by the canvas's own
+    # rerun is replayed to the next run, while a callback's session-state write can be lost.
+    if predict_column.button("Predict", type="primary", key="draw_predict", width="stretch"):
+        request_prediction()
     clear_column.button("Clear", key="draw_clear", on_click=clear_canvas, width="stretch")
     handle_canvas(canvas_image, live=live)
     upload_ui()

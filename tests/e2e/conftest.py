@@ -1,0 +1,104 @@
+"""Browser test fixtures: the real app (`streamlit run Home.py`) on a free loopback port, and Chromium.
+
+The server gets this module's fresh keyspace and its own outbox directory, and is stopped
+(by its own process id) when the module is done. Chromium is Debian's ``/usr/bin/chromium``
+driven by Playwright from PyPI; ``playwright install`` is never needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import REPOSITORY_ROOT, SHIPPED_MODEL_PATH
+
+CHROMIUM_PATH = pathlib.Path("/usr/bin/chromium")
+CHROMIUM_ARGUMENTS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+SERVER_START_TIMEOUT_SECONDS = 180
+SERVER_STOP_TIMEOUT_SECONDS = 20
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10.0) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def app_server(module_keyspace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dashboard and its API served by `streamlit run Home.py`; yields the base URL once /api/health answers."""
+    if not SHIPPED_MODEL_PATH.is_file():
+        pytest.fail(f"The browser tests need the trained model at {SHIPPED_MODEL_PATH}.", pytrace=False)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    environment = {
+        **os.environ,
+        "MNIST_CASSANDRA_CONTACT_POINTS": "127.0.0.1",
+        "MNIST_CASSANDRA_KEYSPACE": module_keyspace,
+        "MNIST_DATA_DIR": str(tmp_path_factory.mktemp("app-data")),
+        "MNIST_MODEL_PATH": str(SHIPPED_MODEL_PATH),
+        "MNIST_DISPLAY_TIMEZONE": "UTC",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    command = [
+        sys.executable, "-m", "streamlit", "run", "Home.py",
+        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, cwd=REPOSITORY_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"streamlit run exited with {server.returncode}:\n{log_path.read_text()[-4000:]}", pytrace=False)
+            try:
+                status, body = get_json(f"{base_url}/api/health", timeout=5)
+                if status == 200 and body.get("storage", {}).get("state") == "connected":
+                    break
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"The app did not answer within {SERVER_START_TIMEOUT_SECONDS} s:\n{log_path.read_text()[-4000:]}",
+                            pytrace=False)
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Playwright; the tests are skipped only if Chromium is not installed."""
+    if not CHROMIUM_PATH.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM_PATH), headless=True, args=CHROMIUM_ARGUMENTS)
+        yield launched
+        launched.close()

@@ -1,0 +1,92 @@
+"""AppTest of the History page: the empty state, then figures and charts that follow the stored data."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import REPOSITORY_ROOT, build_record, chart_with_columns
+
+pytestmark = pytest.mark.cassandra
+
+APP_TIMEOUT_SECONDS = 60
+
+
+def history_page() -> AppTest:
+    app = AppTest.from_file(str(REPOSITORY_ROOT / "Home.py"), default_timeout=APP_TIMEOUT_SECONDS)
+    app.switch_page("app_pages/history.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def metric_values(app: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in app.metric}
+
+
+def test_history_starts_with_a_friendly_empty_state(app_settings):
+    app = history_page()
+    assert app.info and app.info[0].value.startswith("No predictions between")
+    assert not app.metric
+
+
+def test_history_shows_counts_charts_feedback_and_the_table(app_settings):
+    from mnist_core.storage import PredictionStore
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    records = [
+        build_record(digit=3, confidence=0.9, created_at=now - datetime.timedelta(seconds=30)),
+        build_record(digit=3, confidence=0.7, created_at=now - datetime.timedelta(seconds=20)),
+        build_record(digit=8, confidence=0.5, created_at=now - datetime.timedelta(seconds=10)),
+    ]
+    store = PredictionStore(app_settings, background=False)
+    try:
+        for record in records:
+            store.store(record)
+        store.record_correction(records[0].id, 3)
+        store.record_correction(records[2].id, 0)
+        store.flush()
+    finally:
+        store.close()
+
+    app = history_page()
+
+    figures = metric_values(app)
+    assert figures["Predictions"] == "3"
+    assert figures["Today"] == "3"
+    assert figures["Mean confidence"] == "70.0%"
+    assert figures["Accuracy from feedback"] == "50.0%"
+    counts = chart_with_columns(app, "digit", "count")
+    assert dict(zip(counts["digit"], counts["count"])) == {digit: {3: 2, 8: 1}.get(digit, 0) for digit in range(10)}
+    over_time = chart_with_columns(app, "period_start", "digit", "count")
+    assert over_time["count"].sum() == 3
+    confidences = chart_with_columns(app, "confidence")
+    assert sorted(confidences["confidence"]) == pytest.approx([0.5, 0.7, 0.9])
+    confusion = chart_with_columns(app, "true", "predicted", "count")
+    cell = confusion[(confusion["true"] == 0) & (confusion["predicted"] == 8)]
+    assert int(cell["count"].iloc[0]) == 1
+    table = app.dataframe[0].value
+    assert list(table["digit"]) == [8, 3, 3]
+    assert table["image"].str.startswith("data:image/png;base64,").all()
+
+
+def test_hourly_view_and_an_older_range(app_settings):
+    from mnist_core.storage import PredictionStore
+
+    old_day = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
+    store = PredictionStore(app_settings, background=False)
+    try:
+        store.store(build_record(digit=5, created_at=old_day))
+        store.flush()
+    finally:
+        store.close()
+
+    app = history_page()
+    app.date_input(key="history_range").set_value((old_day.date(), old_day.date())).run()
+    app.segmented_control(key="history_granularity").set_value("hour").run()
+
+    assert not app.exception, app.exception
+    assert metric_values(app)["Predictions"] == "1"
+    over_time = chart_with_columns(app, "period_start", "digit", "count")
+    assert len(over_time) == 24 * 10, "one row per hour of the day and digit"
