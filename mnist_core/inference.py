@@ -148,26 +148,32 @@ class _NumpyNetwork:
     @staticmethod
     def _convolve(tensor, kernel, bias, padding):
         kernel_height, kernel_width, channels_in, channels_out = kernel.shape
+        count, height, width, _ = tensor.shape
         if padding == "same":
             # TensorFlow puts the odd padding pixel after, not before.
             top, left = (kernel_height - 1) // 2, (kernel_width - 1) // 2
-            tensor = np.pad(tensor, ((0, 0), (top, kernel_height - 1 - top),
-                                     (left, kernel_width - 1 - left), (0, 0)))
-        windows = np.lib.stride_tricks.sliding_window_view(
-            tensor, (kernel_height, kernel_width), axis=(1, 2))
-        count, height, width = windows.shape[:3]
-        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(
-            count * height * width, kernel_height * kernel_width * channels_in)
-        output = patches @ kernel.reshape(-1, channels_out) + bias
+            padded = np.zeros((count, height + kernel_height - 1, width + kernel_width - 1,
+                               channels_in), dtype=np.float32)
+            padded[:, top:top + height, left:left + width] = tensor
+        else:
+            padded = tensor
+            height, width = height - kernel_height + 1, width - kernel_width + 1
+        # Patches laid out as (row offset, column offset, channel), the kernel's own order.
+        patches = np.concatenate([padded[:, row:row + height, column:column + width]
+                                  for row in range(kernel_height)
+                                  for column in range(kernel_width)], axis=-1)
+        output = patches.reshape(-1, kernel_height * kernel_width * channels_in) @ kernel.reshape(
+            -1, channels_out) + bias
         return output.reshape(count, height, width, channels_out)
 
     @staticmethod
     def _max_pool(tensor, padding):
         count, height, width, channels = tensor.shape
         if padding == "same" and (height % 2 or width % 2):
-            tensor = np.pad(tensor, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)),
-                            constant_values=-np.inf)
-            height, width = tensor.shape[1:3]
+            padded = np.full((count, height + height % 2, width + width % 2, channels), -np.inf,
+                             dtype=np.float32)
+            padded[:, :height, :width] = tensor
+            tensor, height, width = padded, height + height % 2, width + width % 2
         height, width = height // 2 * 2, width // 2 * 2
         return tensor[:, :height, :width].reshape(
             count, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
