@@ -147,13 +147,10 @@ def _box_reduce(array: np.ndarray, factor: int) -> np.ndarray:
     """Average factor x factor blocks (the edge that does not fill a block is dropped)."""
     if factor == 1:
         return array
-    height = max(factor, array.shape[0] - array.shape[0] % factor)
-    width = max(factor, array.shape[1] - array.shape[1] % factor)
-    padded = array[:height, :width]
-    if padded.shape[0] < factor or padded.shape[1] < factor:
-        padded = np.pad(padded, ((0, height - padded.shape[0]), (0, width - padded.shape[1]))
-                        + ((0, 0),) * (array.ndim - 2), mode="edge")
-    return padded.reshape(height // factor, factor, width // factor, factor,
+    # The factor never exceeds the shorter side (see _reduction_factor), so a block fits.
+    height = array.shape[0] - array.shape[0] % factor
+    width = array.shape[1] - array.shape[1] % factor
+    return array[:height, :width].reshape(height // factor, factor, width // factor, factor,
                           *array.shape[2:]).mean(axis=(1, 3), dtype=np.float32)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -189,5 +190,5 @@ def build_model_card(network, options: TrainingOptions, data: MnistSplits,
         "library_versions": {"python": platform.python_version(), "keras": keras.__version__,
                              "tensorflow": tf.__version__, "numpy": np.__version__},
         "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpu_count": __import__("os").cpu_count()},
+                    "cpu_count": os.cpu_count()},
     }
