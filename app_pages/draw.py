@@ -88,8 +88,8 @@ def has_ink(image: np.ndarray | None) -> bool:
 
 
 def show_toast(outcome: storage.StoreOutcome) -> None:
-    if outcome is storage.StoreOutcome.STORED:
-        st.toast("Saved to Cassandra.", icon=":material/check_circle:")
+    if not outcome.offline:
+        st.toast("Saved.", icon=":material/check_circle:")
     else:
         st.toast("Cassandra is unreachable: kept offline, it will be sent later.", icon=":material/cloud_off:")
 
@@ -171,7 +171,7 @@ def feedback_ui(result: readings.StoredReading) -> None:
     saved = st.session_state.draw_feedback_saved.get(record.id)
     if saved is not None:
         label, outcome = saved
-        where = "saved" if outcome is storage.StoreOutcome.STORED else "kept offline, to be sent later"
+        where = "kept offline, to be sent later" if outcome.offline else "saved"
         st.success(f"Thanks! Recorded {label} as the right digit ({where}).", icon=":material/thumb_up:")
         return
     what = "first digit" if result.reading.number else "digit"

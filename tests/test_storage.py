@@ -10,7 +10,7 @@ import zoneinfo
 
 import pytest
 
-from mnist_core.storage import PredictionNotFound, StoreOutcome
+from mnist_core.storage import PredictionNotFound, PredictionStore, StoreOutcome
 
 pytestmark = pytest.mark.cassandra
 
@@ -233,3 +233,32 @@ def test_counts_written_by_another_process_are_refreshed_from_markers(settings_f
         assert remaining == []
     finally:
         reader.close()
+
+
+def test_the_app_store_keeps_writes_on_disk_first_and_sends_them_behind(settings_for, make_record, raw_session):
+    """With the background writer (the app's store), store() only appends to the outbox; the writer sends
+    every prediction once, and a read made right away already sees them."""
+    app_store = PredictionStore(settings_for(), background=True)
+    try:
+        app_store.connect()
+        moment = datetime.datetime(2012, 3, 4, 5, 6, tzinfo=UTC)
+        records = [make_record(digit=index % 10, created_at=moment + datetime.timedelta(seconds=index))
+                   for index in range(50)]
+        outcomes = [app_store.store(record) for record in records]
+        assert set(outcomes) == {StoreOutcome.ACCEPTED}
+
+        # A read sends what is still pending first, so it sees every write of this process.
+        counts = app_store.history_counts(start=moment.date(), end=moment.date(), timezone="UTC")
+        assert counts.totals_per_digit == (5,) * 10
+
+        deadline = time.monotonic() + 30
+        while app_store.status().pending and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app_store.status().pending == 0
+        assert app_store.status().connected
+        rows = raw_session.execute(
+            f"SELECT id FROM {app_store.settings.cassandra_keyspace}.predictions_by_day WHERE day = %s", (moment.date(),)
+        )
+        assert sorted(row.id for row in rows) == sorted(record.id for record in records)
+    finally:
+        app_store.close()

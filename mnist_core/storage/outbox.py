@@ -75,6 +75,12 @@ class Outbox:
         with self._lock:
             return int(self._connection.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
+    def oldest_age_seconds(self) -> float:
+        """How long the oldest entry has waited (0 when the outbox is empty)."""
+        with self._lock:
+            oldest = self._connection.execute("SELECT MIN(enqueued_at) FROM outbox").fetchone()[0]
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
     def close(self) -> None:
         with self._lock:
             self._connection.close()

@@ -211,10 +211,21 @@ class PredictionRecord:
 
 
 class StoreOutcome(enum.Enum):
-    """Where a write went: into Cassandra, or into the local outbox to be replayed later."""
+    """Where a write stands when the call returns.
+
+    STORED: Cassandra acknowledged it. ACCEPTED: it is on local disk (the outbox) and Cassandra
+    is connected, so the background writer sends it within milliseconds. QUEUED: it is on local
+    disk and Cassandra is unreachable; it is sent when Cassandra is back.
+    """
 
     STORED = "stored"
+    ACCEPTED = "accepted"
     QUEUED = "queued"
+
+    @property
+    def offline(self) -> bool:
+        """True when the write waits for Cassandra to come back (what the UI warns about)."""
+        return self is StoreOutcome.QUEUED
 
 
 @dataclasses.dataclass(frozen=True)

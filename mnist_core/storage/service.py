@@ -1,10 +1,13 @@
 """The storage service the app uses: one lazily-built session per process, and writes that are never lost.
 
 ``PredictionStore`` connects on first use (a bounded retry, then a sentence the user can act
-on), applies the schema, and prepares statements once. A prediction that Cassandra cannot take
-(unreachable, timed out) goes to the durable outbox and the caller still gets its answer; a
-background thread replays the outbox in order once Cassandra is back, and keeps the per-slot
-digit counts fresh. ``status()`` tells the UI whether it is connected or degraded with N pending.
+on), applies the schema, and prepares statements once. With its background thread (the app),
+a prediction is first appended to the durable local outbox and the caller returns at once; the
+background writer sends the outbox to Cassandra in order within milliseconds, or when
+Cassandra is back after an outage. The user therefore never waits on the network, even when
+a node hangs. Without the thread (scripts, tests), calls write through to Cassandra and fall
+back to the outbox. Reads send this process's pending writes first, so they see them.
+``status()`` tells the UI whether it is connected or degraded with N pending.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ logger = logging.getLogger(__name__)
 # Failures that mean "Cassandra cannot take this write right now": queue it and replay later.
 UNAVAILABLE_ERRORS = (NoHostAvailable, OperationTimedOut, RequestExecutionException, ConnectionException, OSError)
 REPLAY_CHUNK = 200
+# Writes younger than this, with the writer healthy, count as on their way rather than as a backlog.
+IN_FLIGHT_SECONDS = 5.0
+# A read first sends at most this many of this process's pending writes (the rest follow in the background).
+CATCH_UP_LIMIT = 1000
 # How often the background thread looks for dirty markers left by other (or crashed) processes.
 MARKER_SCAN_INTERVAL_SECONDS = 30.0
 MARKER_SCAN_DAYS_AT_START = 7
@@ -58,6 +65,10 @@ class PredictionStore:
         self._outbox = outbox.Outbox(settings.outbox_path)
         self._slots_to_refresh: set[datetime.datetime] = set()
         self._slots_lock = threading.Lock()
+        # One replay at a time (the background writer, flush() and reads catching up).
+        self._replay_lock = threading.Lock()
+        self._last_write_succeeded = True
+        self._next_slot_refresh_at = 0.0
         self._next_marker_scan_at = 0.0
         self._marker_scan_days = MARKER_SCAN_DAYS_AT_START
         self._wake = threading.Event()
@@ -135,13 +146,17 @@ class PredictionStore:
     # Writes -----------------------------------------------------------------------------
 
     def store(self, record: PredictionRecord) -> StoreOutcome:
-        """Store one prediction; if Cassandra cannot take it now, keep it in the outbox. Never loses it.
+        """Store one prediction; never loses it, and with the background thread never waits on the network.
 
-        Any outage, timeout or rejected credential ends with the record queued and QUEUED
-        returned; status() then says why.
+        With the background thread, the prediction is appended to the outbox (durable once this
+        returns) and the writer sends it at once: ACCEPTED while Cassandra is connected, QUEUED
+        while it is not. Without it, the call writes to Cassandra itself (STORED) and queues the
+        prediction on any outage, timeout or rejected credential (QUEUED); status() says why.
         """
         if not isinstance(record, PredictionRecord):
             raise ValueError(f"store() takes a PredictionRecord; got {type(record).__name__}.")
+        if self._thread is not None:
+            return self._journal(outbox.PREDICTION, record.to_json_dict())
         # While older writes wait in the outbox, newer ones queue behind them to keep the order.
         if self._outbox.pending_count() == 0:
             repository = self._repository_or_none()
@@ -157,6 +172,15 @@ class PredictionStore:
         self._outbox.add(outbox.PREDICTION, record.to_json_dict())
         self._wake.set()
         return StoreOutcome.QUEUED
+
+    def _journal(self, kind: str, payload: dict) -> StoreOutcome:
+        """Append a write to the outbox for the background writer; the answer says whether Cassandra is taking writes."""
+        self._outbox.add(kind, payload)
+        self._wake.set()
+        return StoreOutcome.ACCEPTED if self._writer_healthy() else StoreOutcome.QUEUED
+
+    def _writer_healthy(self) -> bool:
+        return self._repository is not None and self._last_write_succeeded and self._hosts_up()
 
     def store_many(self, records: Sequence[PredictionRecord], *, concurrency: int = 8) -> StoreOutcome:
         """Store many predictions with concurrent requests (bulk loads, benchmarks); queued as a whole on failure."""
@@ -176,14 +200,19 @@ class PredictionStore:
         return StoreOutcome.QUEUED
 
     def record_correction(self, prediction_id: uuid.UUID, true_label: int) -> StoreOutcome:
-        """Record the digit the user actually wrote for a prediction; queued like predictions when degraded.
+        """Record the digit the user actually wrote for a prediction; it goes the same way as predictions.
 
-        Raises PredictionNotFound when Cassandra is reachable, nothing is queued, and no
-        prediction has that id; ValueError when the label is not a digit.
+        Without the background thread, raises PredictionNotFound when Cassandra is reachable,
+        nothing is queued, and no prediction has that id (with it, such a correction is logged
+        and dropped when it is sent). ValueError when the label is not a digit.
         """
         if isinstance(true_label, bool) or not isinstance(true_label, int) or not 0 <= true_label <= 9:
             raise ValueError(f"true_label must be a digit from 0 to 9; got {true_label!r}.")
         corrected_at = datetime.datetime.now(buckets.UTC)
+        correction = {"prediction_id": str(prediction_id), "true_label": true_label,
+                      "corrected_at": corrected_at.isoformat()}
+        if self._thread is not None:
+            return self._journal(outbox.CORRECTION, correction)
         if self._outbox.pending_count() == 0:
             repository = self._repository_or_none()
             if repository is not None:
@@ -192,10 +221,7 @@ class PredictionStore:
                     return StoreOutcome.STORED
                 except UNAVAILABLE_ERRORS as error:
                     self._last_failure = f"Cassandra did not take a write: {error}"
-        self._outbox.add(
-            outbox.CORRECTION,
-            {"prediction_id": str(prediction_id), "true_label": true_label, "corrected_at": corrected_at.isoformat()},
-        )
+        self._outbox.add(outbox.CORRECTION, correction)
         self._wake.set()
         return StoreOutcome.QUEUED
 
@@ -206,6 +232,7 @@ class PredictionStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1; got {limit}.")
         repository = self._require_repository()
+        self._catch_up(repository)
         today = datetime.datetime.now(buckets.UTC).date()
         return self._read(lambda: repository.latest(limit=limit, today=today, max_days=max_days))
 
@@ -219,14 +246,26 @@ class PredictionStore:
         """
         zone = self._zone(timezone)
         repository = self._require_repository()
-        self._refresh_noted_slots(repository)
+        self._catch_up(repository)
+        self._read(lambda: self._refresh_noted_slots(repository))
         return self._read(lambda: repository.history_counts(start=start, end=end, zone=zone))
 
     def accuracy(self, *, start: datetime.date, end: datetime.date, timezone: str | None = None) -> AccuracyReport:
         """Accuracy and confusion matrix from corrections of predictions made on local days start..end."""
         zone = self._zone(timezone)
         repository = self._require_repository()
+        self._catch_up(repository)
         return self._read(lambda: repository.accuracy(start=start, end=end, zone=zone))
+
+    def _catch_up(self, repository: PredictionRepository) -> None:
+        """Send this process's pending writes before a read, so the read sees them (bounded: CATCH_UP_LIMIT)."""
+        if not self._outbox.pending_count():
+            return
+        try:
+            self._replay_outbox(repository, limit=CATCH_UP_LIMIT)
+        except UNAVAILABLE_ERRORS as error:
+            # The read that follows says what is wrong; the writes stay queued.
+            self._last_failure = f"Outbox replay failed: {error}"
 
     def _read(self, query):
         try:
@@ -250,8 +289,13 @@ class PredictionStore:
         """Connected, or degraded with the number of writes waiting in the outbox; never raises for an outage."""
         pending = self._outbox.pending_count()
         repository = self._repository_or_none()
-        if repository is not None and self._hosts_up() and pending == 0:
-            return StorageStatus(state="connected", pending=0, message="Connected to Cassandra.")
+        # With the background writer, a few writes are always on their way: that is not degraded.
+        in_flight = pending == 0 or (
+            self._thread is not None and self._last_write_succeeded
+            and self._outbox.oldest_age_seconds() <= IN_FLIGHT_SECONDS
+        )
+        if repository is not None and self._hosts_up() and in_flight:
+            return StorageStatus(state="connected", pending=pending, message="Connected to Cassandra.")
         if repository is not None and self._hosts_up():
             message = f"Connected to Cassandra; writing {pending} queued prediction(s) from the local outbox."
         else:
@@ -290,18 +334,28 @@ class PredictionStore:
                 )
             time.sleep(min(0.5, self.settings.outbox_flush_interval_seconds))
 
-    def _replay_outbox(self, repository: PredictionRepository) -> int:
-        """Replay entries oldest first; each chunk is removed only after all its writes and recounts succeeded."""
+    def _replay_outbox(self, repository: PredictionRepository, *, limit: int | None = None) -> int:
+        """Send entries oldest first; a chunk is removed only once all its writes succeeded.
+
+        Predictions between two corrections go out as concurrent single-day batches; a
+        correction is sent only after every prediction queued before it. The slots written are
+        noted for a recount (their dirty markers went in the same batches, so a crash before
+        the recount only delays it). Returns how many entries were sent.
+        """
         replayed = 0
-        while True:
-            entries = self._outbox.peek(REPLAY_CHUNK)
-            if not entries:
-                return replayed
-            slots: set[datetime.datetime] = set()
-            for entry in entries:
-                if entry.kind == outbox.PREDICTION:
-                    slots.add(repository.write_prediction(PredictionRecord.from_json_dict(entry.payload)))
-                else:
+        with self._replay_lock:
+            while limit is None or replayed < limit:
+                entries = self._outbox.peek(REPLAY_CHUNK)
+                if not entries:
+                    break
+                slots: set[datetime.datetime] = set()
+                predictions: list[PredictionRecord] = []
+                for entry in entries:
+                    if entry.kind == outbox.PREDICTION:
+                        predictions.append(PredictionRecord.from_json_dict(entry.payload))
+                        continue
+                    slots |= self._write_predictions_in_order(repository, predictions)
+                    predictions = []
                     try:
                         repository.write_correction(
                             uuid.UUID(entry.payload["prediction_id"]),
@@ -311,14 +365,28 @@ class PredictionStore:
                     except PredictionNotFound:
                         logger.error("Dropping a queued correction for unknown prediction %s.",
                                      entry.payload["prediction_id"])
-            repository.refresh_slots(slots)
-            self._outbox.remove_through(entries[-1].sequence)
-            replayed += len(entries)
+                slots |= self._write_predictions_in_order(repository, predictions)
+                self._outbox.remove_through(entries[-1].sequence)
+                self._note_slots(slots, wake=False)
+                replayed += len(entries)
+        if replayed:
+            self._last_write_succeeded = True
+        return replayed
 
-    def _note_slots(self, slots) -> None:
+    @staticmethod
+    def _write_predictions_in_order(repository: PredictionRepository,
+                                    predictions: list[PredictionRecord]) -> set[datetime.datetime]:
+        if not predictions:
+            return set()
+        if len(predictions) == 1:
+            return {repository.write_prediction(predictions[0])}
+        return repository.write_predictions(predictions)
+
+    def _note_slots(self, slots, *, wake: bool = True) -> None:
         with self._slots_lock:
             self._slots_to_refresh.update(slots)
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     def _refresh_noted_slots(self, repository: PredictionRepository) -> None:
         with self._slots_lock:
@@ -337,8 +405,10 @@ class PredictionStore:
         return repository.refresh_marked_slots(today - datetime.timedelta(days=offset) for offset in range(days))
 
     def _background_loop(self) -> None:
+        """The writer: sends the outbox whenever a write arrives, recounts slots at most once per interval."""
+        interval = self.settings.outbox_flush_interval_seconds
         while not self._stopping.is_set():
-            self._wake.wait(self.settings.outbox_flush_interval_seconds)
+            self._wake.wait(interval)
             self._wake.clear()
             if self._stopping.is_set():
                 return
@@ -348,16 +418,24 @@ class PredictionStore:
                     continue
                 if self._outbox.pending_count():
                     self._replay_outbox(repository)
-                self._refresh_noted_slots(repository)
-                if time.monotonic() >= self._next_marker_scan_at:
+                now = time.monotonic()
+                if now >= self._next_slot_refresh_at:
+                    self._refresh_noted_slots(repository)
+                    self._next_slot_refresh_at = now + interval
+                if now >= self._next_marker_scan_at:
                     self.refresh_marked_slots(days=self._marker_scan_days)
                     self._marker_scan_days = 2
                     self._next_marker_scan_at = time.monotonic() + MARKER_SCAN_INTERVAL_SECONDS
+                self._last_write_succeeded = True
             except (*UNAVAILABLE_ERRORS, DriverException) as error:
+                self._last_write_succeeded = False
                 self._last_failure = f"Background storage work failed: {error}"
                 logger.info("Storage background work will retry: %s", error)
+                # New writes keep waking the thread; Cassandra still gets one try per interval.
+                self._stopping.wait(interval)
             except Exception:  # noqa: BLE001 - the thread must outlive any one bad entry
                 logger.exception("Unexpected error in the storage background thread.")
+                self._stopping.wait(interval)
 
     def close(self) -> None:
         """Stop the background thread and the driver (tests and clean shutdowns)."""
