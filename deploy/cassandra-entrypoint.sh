@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Entry point of every Cassandra node in compose.yaml: turns on password authentication and
+# role-based permissions, then hands over to the official image's own entry point.
+#
+# The official cassandra image has no environment variable for the authenticator or the
+# authorizer, so this edits the container's copy of cassandra.yaml: it drops the existing
+# top-level `authenticator:` and `authorizer:` entries (a one-line value or an indented block,
+# depending on the release) and appends its own. Running it again on a restarted container
+# gives the same file. The image's entry point then applies the CASSANDRA_* variables
+# (cluster name, seeds, snitch, datacenter) and starts Cassandra as the cassandra user.
+set -euo pipefail
+
+config_directory="${CASSANDRA_CONF:-${CASSANDRA_CONFIG:-/etc/cassandra}}"
+config_file="$config_directory/cassandra.yaml"
+marker="# Set by deploy/cassandra-entrypoint.sh: clients need a role and a password."
+
+if [[ ! -f "$config_file" ]]; then
+    echo "cassandra-entrypoint: $config_file not found; is this the official cassandra image?" >&2
+    exit 1
+fi
+
+edited="$(mktemp)"
+awk -v marker="$marker" '
+    $0 == marker { next }
+    /^(authenticator|authorizer):/ { skipping = 1; next }
+    skipping && /^[[:space:]]/ { next }
+    { skipping = 0; print }
+' "$config_file" >"$edited"
+cat >>"$edited" <<EOF
+$marker
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+EOF
+# Write in place (not mv): the file may be a bind mount.
+cat "$edited" >"$config_file"
+rm -f "$edited"
+
+exec docker-entrypoint.sh "$@"
