@@ -28,12 +28,14 @@ if __name__ == "__main__":
 else:
     # Imported by the server (not run as a page): build the ASGI app with the API routes.
     from dashboard import resources
-    from mnist_core import rest_api
+    from mnist_core import rest_api, settings
 
     app = st.App(
         pathlib.Path(__file__).resolve(),
         routes=rest_api.create_routes(
             get_recognizer=resources.recognizer_resource,
             get_store=resources.store_resource,
+            # Read per request: settings read now, before Streamlit's secrets load, would miss them.
+            api_key=lambda: settings.get_settings().api_key,
         ),
     )

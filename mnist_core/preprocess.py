@@ -26,6 +26,12 @@ WORKING_SIDE_LIMIT = 160
 # Refuse images whose decoded size could exhaust memory (decompression bombs).
 MAX_INPUT_PIXELS = 40_000_000
 MAX_DIGITS = 16
+# Decoded pictures above this many pixels are box-reduced by Pillow, in their own pixel type,
+# before they become float32: a 36-megapixel RGBA PNG of a few hundred kB would otherwise
+# take over 1 GB and seconds as floats. Their longer side is brought within room for
+# MAX_DIGITS digits at working detail with wide gaps, so a 40,000,000 x 1 strip stays cheap.
+PILLOW_REDUCTION_ABOVE_PIXELS = 2_000_000
+WORKING_LONG_SIDE_LIMIT = WORKING_SIDE_LIMIT * MAX_DIGITS * 4
 
 # Ink below this (on a 0..1 scale of the strongest ink) is anti-aliasing or noise.
 INK_MASK_LEVEL = 0.35
@@ -92,7 +98,9 @@ def load_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"The image is too large to decode safely: {error}") from error
+        # Pillow's own, higher threshold stopped it before our check could: name our limit.
+        raise ImageDecodeError(
+            f"The image is too large to decode safely; the limit is {MAX_INPUT_PIXELS:,} pixels.") from error
     except Image.UnidentifiedImageError as error:
         raise ImageDecodeError(
             "This is not a readable PNG, JPEG or other image file.") from error
@@ -111,6 +119,8 @@ def _image_to_array(image: Image.Image) -> np.ndarray:
         return (values / peak).astype(np.float32)
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
+        if not np.all(np.isfinite(values)):
+            raise ImageDecodeError("The image holds NaN or infinite pixel values.")
         return values / max(float(values.max()), 1.0) if values.max() > 1 else values
     if image.mode == "1":
         image = image.convert("L")
@@ -119,9 +129,26 @@ def _image_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def _reduced_in_pillow(image: Image.Image) -> Image.Image:
+    """A large picture box-reduced by Pillow to the working size (see PILLOW_REDUCTION_ABOVE_PIXELS)."""
+    width, height = image.size
+    if width * height <= PILLOW_REDUCTION_ABOVE_PIXELS:
+        return image
+    factor = max(_reduction_factor(height, width), -(-max(width, height) // WORKING_LONG_SIDE_LIMIT))
+    # Image.reduce averages whole blocks and the partial ones at the edges; it takes neither
+    # 1-bit, palette nor 16-bit pictures.
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    return image.reduce(factor)
+
+
 def _as_float_array(image) -> np.ndarray:
     if isinstance(image, Image.Image):
-        return _image_to_array(image)
+        return _image_to_array(_reduced_in_pillow(image))
     array = np.asarray(image)
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0

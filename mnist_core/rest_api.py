@@ -6,16 +6,21 @@ the same :func:`mnist_core.readings.predict_and_store` as the Draw page, stored 
 ``GET /api/stats?from=&to=&tz=`` gives counts per digit. This module is only the transport
 adapter: it parses requests, calls ``mnist_core``, and turns exceptions into 4xx/5xx JSON.
 The recognizer and store are injected as zero-argument callables so the app shares its
-cached ones and tests pass their own.
+cached ones and tests pass their own. With an API key configured, /api/predict and
+/api/stats answer only requests that carry it (``X-API-Key: <key>`` or
+``Authorization: Bearer <key>``); /api/health stays open for load balancers and probes.
 """
 
 from __future__ import annotations
 
 import datetime
+import hmac
 import logging
 from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -32,16 +37,44 @@ MAX_STATS_DAYS = 366
 
 
 class RequestProblem(Exception):
-    """A request the API refuses, with the HTTP status and a sentence for the caller."""
+    """A request the API refuses, with the HTTP status, a sentence for the caller and any extra headers."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.headers = headers
 
 
 def _problem_response(problem: RequestProblem) -> JSONResponse:
-    return JSONResponse({"error": problem.message}, status_code=problem.status_code)
+    return JSONResponse({"error": problem.message}, status_code=problem.status_code, headers=problem.headers)
+
+
+def _presented_api_key(request: Request) -> str | None:
+    """The key from ``X-API-Key``, or from ``Authorization: Bearer <key>``; None when neither is sent."""
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        return key
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+def _require_api_key(request: Request, expected: str | None) -> None:
+    """Refuse (401) a request without the expected key, compared in constant time so timing reveals none of it."""
+    if expected is None:
+        return
+    challenge = {"WWW-Authenticate": 'Bearer realm="mnist-api"'}
+    presented = _presented_api_key(request)
+    if presented is None:
+        raise RequestProblem(
+            401, "This API needs a key: send it as an X-API-Key header or as 'Authorization: Bearer <key>'.",
+            headers=challenge,
+        )
+    # Header values reach us decoded as Latin-1, so encoding them back gives the bytes that were sent.
+    if not hmac.compare_digest(presented.encode("latin-1"), expected.encode("utf-8")):
+        raise RequestProblem(401, "The API key is not valid.", headers=challenge)
 
 
 async def _read_limited_body(request: Request, limit: int) -> bytes:
@@ -71,7 +104,12 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
         async def replay_body() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        form = await Request(request.scope, replay_body).form(max_files=1, max_fields=10, max_part_size=limit)
+        try:
+            form = await Request(request.scope, replay_body).form(max_files=1, max_fields=10, max_part_size=limit)
+        except (MultiPartException, HTTPException) as error:
+            # Starlette reports a malformed form (no boundary, two files, ...) as a plain-text 400; answer in JSON.
+            reason = getattr(error, "detail", None) or getattr(error, "message", None) or "it is malformed"
+            raise RequestProblem(400, f"The multipart form cannot be read: {reason}") from None
         try:
             uploads = [value for value in form.values() if hasattr(value, "read")]
             if not uploads:
@@ -99,15 +137,24 @@ def create_routes(
     get_store: Callable[[], PredictionStore],
     default_timezone: str | None = None,
     max_body_bytes: int = readings.MAX_UPLOAD_BYTES,
+    api_key: str | Callable[[], str | None] | None = None,
 ) -> list[Route]:
     """The API routes, reading the model and store through the given providers on each request.
 
     ``default_timezone`` is the zone for /api/stats days when the caller gives no ``tz``;
-    None means the display time zone setting, read at request time.
+    None means the display time zone setting, read at request time. ``api_key`` (a key, or
+    a zero-argument callable read on each request, so the app can take it from settings once
+    Streamlit's secrets are loaded) makes /api/predict and /api/stats refuse requests without
+    it; None leaves the API open.
     """
+
+    def expected_api_key() -> str | None:
+        return api_key() if callable(api_key) else api_key
 
     async def predict(request: Request) -> JSONResponse:
         try:
+            # Checked before the body is read: a caller without the key cannot make us read 2 MB.
+            _require_api_key(request, expected_api_key())
             image = await _image_bytes(request, max_body_bytes)
             result = await run_in_threadpool(
                 readings.predict_and_store, image, source="api", recognizer=get_recognizer(), store=get_store()
@@ -159,6 +206,7 @@ def create_routes(
 
     async def stats(request: Request) -> JSONResponse:
         try:
+            _require_api_key(request, expected_api_key())
             timezone = request.query_params.get("tz") or default_timezone or settings.get_settings().display_timezone
             try:
                 today = readings.local_today(timezone)

@@ -33,6 +33,9 @@ CONSISTENCY_LEVEL_NAMES = (
     "LOCAL_ONE",
 )
 KEYSPACE_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+# An API key is sent in an HTTP header: visible ASCII only, and long enough not to be guessed.
+API_KEY_MINIMUM_LENGTH = 16
+API_KEY_PATTERN = re.compile(r"^[!-~]+$")
 DATACENTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -114,6 +117,8 @@ class Settings:
     # Recognizer
     model_path: pathlib.Path = REPOSITORY_ROOT / "models" / "mnist_cnn.keras"
     confidence_threshold: float = 0.6
+    # REST API: when set, /api/predict and /api/stats need it (X-API-Key or Authorization: Bearer)
+    api_key: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def outbox_path(self) -> pathlib.Path:
@@ -242,6 +247,17 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
     if certificate_file is not None and ca_file is None:
         raise ValueError("A client certificate needs MNIST_CASSANDRA_TLS_CA_FILE too, to verify the server.")
 
+    api_key = _text(mapping, "API_KEY")
+    if api_key is not None:
+        # The messages never repeat the key: they end up in logs.
+        if len(api_key) < API_KEY_MINIMUM_LENGTH:
+            raise ValueError(
+                f"MNIST_API_KEY must be at least {API_KEY_MINIMUM_LENGTH} characters long (it has {len(api_key)}); "
+                "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'."
+            )
+        if not API_KEY_PATTERN.match(api_key):
+            raise ValueError("MNIST_API_KEY may hold only visible ASCII characters (no spaces), as it is sent in an HTTP header.")
+
     display_timezone = _text(mapping, "DISPLAY_TIMEZONE") or defaults.display_timezone
     try:
         zoneinfo.ZoneInfo(display_timezone)
@@ -282,6 +298,7 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
         confidence_threshold=_number(
             mapping, "CONFIDENCE_THRESHOLD", defaults.confidence_threshold, minimum=0.0, maximum=1.0
         ),
+        api_key=api_key,
     )
 
 

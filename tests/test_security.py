@@ -1,0 +1,687 @@
+"""Security checks: CQL injection, the optional API key, body limits, XSRF, secrets in git, known vulnerabilities.
+
+- CQL injection: text that reaches Cassandra is bound, never formatted into a statement.
+  Hostile text is stored and read back literally (also second-order, through a correction),
+  and a scan of ``mnist_core`` finds no query text built from values except the keyspace
+  name, which is validated first.
+- The REST API key (``MNIST_API_KEY``): without it the API stays open as before; with it,
+  /api/predict and /api/stats answer 401 and store nothing unless the key comes as
+  ``X-API-Key`` or ``Authorization: Bearer``; /api/health stays open.
+- Bodies over the limit: 413 with nothing stored. tests/test_rest_api.py checks the message
+  for a declared length and tests/test_fuzz_rest_api.py sends many such bodies; here the
+  chunked case and "nothing stored" are checked without relying on chance.
+- XSRF protection stays on for the Streamlit server (the upload box posts through it).
+- No credentials in the files git tracks or would add; the scanner proves it catches fakes.
+- pip-audit finds no known vulnerability in requirements.txt, and says so only when it
+  could really check every pin.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import re
+import secrets
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from mnist_core import rest_api
+from mnist_core.settings import Replication, settings_from_mapping
+from tests.conftest import REPOSITORY_ROOT, build_record
+
+# ---------------------------------------------------------------------------------------
+# CQL injection
+# ---------------------------------------------------------------------------------------
+
+HOSTILE_TEXTS = (
+    "'); DROP TABLE predictions_by_day; --",
+    "x' OR '1'='1",
+    "v1'; TRUNCATE predictions_by_day; //",
+    "$$; DROP KEYSPACE mnist; $$",
+    "\"; DELETE FROM predictions_by_day WHERE day = '2026-01-01'; /*",
+    "model\\'); INSERT INTO predictions_by_day (day) VALUES ('2026-01-01'); --",
+    "名前'); DROP TABLE x; -- \u202e",
+)
+
+
+def keyspace_tables(raw_session, keyspace: str) -> set[str]:
+    rows = raw_session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))
+    return {row.table_name for row in rows}
+
+
+@pytest.mark.cassandra
+def test_hostile_text_is_stored_and_read_back_literally(store, raw_session) -> None:
+    keyspace = store.settings.cassandra_keyspace
+    store.latest(1)  # connects and applies the schema
+    tables_before = keyspace_tables(raw_session, keyspace)
+    records = [build_record(digit=index % 10, model_version=text) for index, text in enumerate(HOSTILE_TEXTS)]
+    for record in records:
+        store.store(record)
+
+    read_back = {record.id: record for record in store.latest(100)}
+    for record in records:
+        assert read_back[record.id] == record, record.model_version
+    assert keyspace_tables(raw_session, keyspace) == tables_before
+    stored = {row.model_version for row in raw_session.execute(f"SELECT model_version FROM {keyspace}.predictions_by_day")}
+    assert set(HOSTILE_TEXTS) <= stored
+
+
+@pytest.mark.cassandra
+def test_hostile_text_read_from_cassandra_is_bound_again_when_a_correction_copies_it(store, raw_session) -> None:
+    """write_correction reads the prediction's model_version back and writes it into corrections_by_day."""
+    keyspace = store.settings.cassandra_keyspace
+    record = build_record(digit=4, model_version=HOSTILE_TEXTS[0])
+    store.store(record)
+    store.record_correction(record.id, 9)
+    store.flush()
+
+    day = record.created_at.date()
+    accuracy = store.accuracy(start=day - datetime.timedelta(days=1), end=day + datetime.timedelta(days=1))
+    assert accuracy.corrections >= 1
+    copied = raw_session.execute(
+        f"SELECT model_version, true_label FROM {keyspace}.corrections_by_day WHERE day = %s AND prediction_id = %s",
+        (day, record.id),
+    ).one()
+    assert (copied.model_version, copied.true_label) == (HOSTILE_TEXTS[0], 9)
+    assert "predictions_by_day" in keyspace_tables(raw_session, keyspace)
+
+
+@pytest.mark.parametrize("field", ["source", "number"])
+def test_the_other_text_fields_refuse_anything_but_their_values(field: str) -> None:
+    """source is one of three names and number only digits, so hostile text cannot even reach a statement."""
+    with pytest.raises(ValueError, match=field):
+        build_record(**{field: HOSTILE_TEXTS[0]})
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltQuery:
+    """A place in mnist_core where query text (CQL or SQL) is built from something other than literals."""
+
+    path: str
+    function: str
+    how: str
+    line: int
+
+
+QUERY_VERBS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|TRUNCATE|GRANT|REVOKE|BATCH|USE)\b")
+# The only values ever formatted into statements: the keyspace name (and, for CREATE KEYSPACE,
+# the replication map made from validated settings). Cassandra cannot bind identifiers.
+ALLOWED_BUILT_QUERIES = {
+    ("mnist_core/storage/repository.py", "_prepare", "query.format(keyspace=...)"),
+    ("mnist_core/storage/migrations.py", "create_keyspace", "f-string with {keyspace}, {replication.as_cql_map()}"),
+}
+
+
+def _literal_text(node: ast.AST) -> str:
+    """The literal parts of a string expression (the text between the placeholders of an f-string)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_literal_text(value) for value in node.values)
+    if isinstance(node, ast.BinOp):
+        return _literal_text(node.left) + _literal_text(node.right)
+    return ""
+
+
+def built_queries(path: pathlib.Path, root: pathlib.Path = REPOSITORY_ROOT) -> list[BuiltQuery]:
+    """f-strings, str.format, % and + that produce text containing a query verb, with their enclosing function."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    relative = path.relative_to(root).as_posix()
+    found: list[BuiltQuery] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        how = None
+        if isinstance(node, ast.JoinedStr) and QUERY_VERBS.search(_literal_text(node)):
+            placeholders = ", ".join("{" + ast.unparse(value.value) + "}" for value in node.values
+                                     if isinstance(value, ast.FormattedValue))
+            how = f"f-string with {placeholders}"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
+            receiver = node.func.value
+            if not isinstance(receiver, ast.Constant) or QUERY_VERBS.search(_literal_text(receiver)):
+                arguments = [ast.unparse(argument) for argument in node.args]
+                arguments += [f"{keyword.arg}=..." for keyword in node.keywords]
+                how = f"{ast.unparse(receiver)}.format({', '.join(arguments)})"
+        elif (isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.Add))
+              and QUERY_VERBS.search(_literal_text(node))
+              and not (_is_literal(node.left) and _is_literal(node.right))):
+            how = f"{type(node.op).__name__} on query text"
+        if how is not None:
+            found.append(BuiltQuery(relative, function, how, node.lineno))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "<module>")
+    return found
+
+
+def _is_literal(node: ast.AST) -> bool:
+    if isinstance(node, ast.BinOp):
+        return _is_literal(node.left) and _is_literal(node.right)
+    return isinstance(node, ast.Constant)
+
+
+def test_no_query_text_is_built_from_values() -> None:
+    modules = sorted((REPOSITORY_ROOT / "mnist_core").rglob("*.py"))
+    assert len(modules) > 10
+    found = [query for path in modules for query in built_queries(path)]
+    unexpected = [query for query in found if (query.path, query.function, query.how) not in ALLOWED_BUILT_QUERIES]
+    assert not unexpected, "query text built from values (bind them with ? or %s instead):\n" + "\n".join(map(str, unexpected))
+    # Each allowed place is still there: otherwise the list above hides nothing and should shrink.
+    assert {(query.path, query.function, query.how) for query in found} == ALLOWED_BUILT_QUERIES
+
+
+def test_the_scan_notices_a_value_formatted_into_a_query(tmp_path: pathlib.Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "def latest(session, version):\n"
+        "    session.execute(f\"SELECT * FROM predictions_by_day WHERE model_version = '{version}'\")\n"
+        "    session.execute(\"DELETE FROM t WHERE id = %s\" % version)\n"
+        "    session.execute(\"UPDATE t SET v = 1 WHERE id = \" + version)\n"
+        "    session.execute(\"SELECT * FROM {table} WHERE id = ?\".format(table=version), (version,))\n"
+        "    session.execute(\"SELECT * FROM t WHERE id = ?\", (version,))\n"
+        "    raise ValueError(f\"No prediction has the id {version}.\")\n"
+    )
+    found = built_queries(sample, root=tmp_path)
+    assert [(query.function, query.line) for query in found] == [("latest", 2), ("latest", 3), ("latest", 4), ("latest", 5)]
+
+
+def test_the_formatted_identifiers_are_validated_before_use() -> None:
+    """The keyspace and the replication map are the only formatted parts; hostile values never get that far."""
+    from mnist_core.storage import migrations
+    from mnist_core.storage.repository import PredictionRepository
+
+    class NoSession:
+        def __getattr__(self, name):
+            raise AssertionError(f"the session was used ({name}) before the keyspace name was checked")
+
+    hostile_keyspace = "mnist; DROP KEYSPACE mnist"
+    with pytest.raises(ValueError, match="keyspace"):
+        PredictionRepository(NoSession(), keyspace=hostile_keyspace, request_timeout_seconds=1.0)
+    with pytest.raises(ValueError, match="keyspace"):
+        migrations.create_keyspace(NoSession(), keyspace=hostile_keyspace, replication=Replication.parse("1"))
+    with pytest.raises(ValueError, match="MNIST_CASSANDRA_KEYSPACE"):
+        settings_from_mapping({"MNIST_CASSANDRA_KEYSPACE": hostile_keyspace})
+    for text in ("dc1=3}; DROP KEYSPACE mnist; --", "SimpleStrategy:1}; DROP", "dc'1=3"):
+        with pytest.raises(ValueError, match="MNIST_CASSANDRA_REPLICATION"):
+            Replication.parse(text)
+
+
+# ---------------------------------------------------------------------------------------
+# The optional API key
+# ---------------------------------------------------------------------------------------
+
+API_KEY = secrets.token_urlsafe(32)
+SHORT_KEY = API_KEY[:15]
+
+
+def test_the_api_key_setting_is_optional_validated_and_never_shown() -> None:
+    assert settings_from_mapping({}).api_key is None
+    assert settings_from_mapping({"MNIST_API_KEY": "  "}).api_key is None
+    configured = settings_from_mapping({"MNIST_API_KEY": f" {API_KEY} "})
+    assert configured.api_key == API_KEY
+    assert API_KEY not in repr(configured)
+    with pytest.raises(ValueError, match="MNIST_API_KEY must be at least 16 characters") as too_short:
+        settings_from_mapping({"MNIST_API_KEY": SHORT_KEY})
+    assert SHORT_KEY not in str(too_short.value)
+    with pytest.raises(ValueError, match="visible ASCII"):
+        settings_from_mapping({"MNIST_API_KEY": API_KEY[:10] + " " + API_KEY[10:]})
+    with pytest.raises(ValueError, match="visible ASCII"):
+        settings_from_mapping({"MNIST_API_KEY": API_KEY + "é"})
+
+
+class StoreThatMustNotBeUsed:
+    """Stands in for the store where a request must be refused before anything is read or written."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the store was used ({name}) for a request that should have been refused")
+
+
+class RecognizerThatMustNotBeUsed:
+    model_version = "never-loaded"
+
+
+def routes_without_storage(**options) -> Starlette:
+    return Starlette(routes=rest_api.create_routes(
+        get_recognizer=lambda: RecognizerThatMustNotBeUsed(),
+        get_store=lambda: StoreThatMustNotBeUsed(),
+        default_timezone="UTC",
+        **options,
+    ))
+
+
+@pytest.fixture
+def guarded_client():
+    with TestClient(routes_without_storage(api_key=API_KEY, max_body_bytes=64 * 1024)) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-API-Key": ""},
+        {"X-API-Key": API_KEY[:-1]},
+        {"X-API-Key": API_KEY + "x"},
+        {"X-API-Key": API_KEY.swapcase()},
+        {"Authorization": f"Bearer {API_KEY[1:]}"},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": API_KEY},
+        {"Authorization": "Bearer"},
+        {"X-API-Key": "é".encode().decode("latin-1") * 20},
+    ],
+    ids=["none", "empty", "shorter", "longer", "other-case", "wrong-bearer", "basic-scheme", "no-scheme",
+         "bearer-without-key", "non-ascii"],
+)
+def test_a_missing_or_wrong_key_is_401_and_nothing_is_read_or_stored(guarded_client, headers) -> None:
+    sent = {name: value.encode("latin-1") for name, value in headers.items()}
+    for response in (
+        guarded_client.post("/api/predict", content=b"\x89PNG\r\n\x1a\n", headers=sent),
+        guarded_client.get("/api/stats", headers=sent),
+    ):
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_the_key_is_checked_before_the_body_is_read(guarded_client) -> None:
+    """An oversized body without the key is refused for the key (401), not read up to the limit (413)."""
+    response = guarded_client.post("/api/predict", content=bytes(1024 * 1024))
+    assert response.status_code == 401
+
+
+def test_the_key_can_be_read_per_request() -> None:
+    """Home.py passes a callable, so the key comes from settings once Streamlit's secrets are loaded."""
+    current = {"key": None}
+    with TestClient(routes_without_storage(api_key=lambda: current["key"])) as client:
+        assert client.post("/api/predict", content=b"").status_code == 400  # open: the empty body is the problem
+        current["key"] = API_KEY
+        assert client.post("/api/predict", content=b"").status_code == 401
+        assert client.post("/api/predict", content=b"", headers={"X-API-Key": API_KEY}).status_code == 400
+
+
+def test_health_stays_open_with_a_key() -> None:
+    class ConnectedStore:
+        def status(self):
+            from mnist_core.storage import StorageStatus
+
+            return StorageStatus(state="connected", pending=0, message="Connected to Cassandra.")
+
+    application = Starlette(routes=rest_api.create_routes(
+        get_recognizer=lambda: RecognizerThatMustNotBeUsed(), get_store=lambda: ConnectedStore(), api_key=API_KEY))
+    with TestClient(application) as client:
+        response = client.get("/api/health")
+    assert response.status_code == 200 and response.json()["status"] == "ok", response.text
+
+
+@pytest.fixture(scope="module")
+def digit_png(mnist) -> bytes:
+    import io
+
+    from PIL import Image
+
+    from train.drawings import redraw
+
+    canvas = redraw(mnist.test_images[0], "fill", np.random.default_rng(1))
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.cassandra
+def test_with_the_right_key_predictions_are_answered_and_stored_and_without_it_none(
+    recognizer, store, raw_session, digit_png
+) -> None:
+    keyspace = store.settings.cassandra_keyspace
+    application = Starlette(routes=rest_api.create_routes(
+        get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC", api_key=API_KEY))
+    with TestClient(application) as client:
+        assert client.get("/api/health").status_code == 200  # open, and connects the store
+        rows_before = {row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day")}
+        refused = [
+            client.post("/api/predict", content=digit_png),
+            client.post("/api/predict", content=digit_png, headers={"X-API-Key": API_KEY[::-1]}),
+            client.post("/api/predict", content=digit_png, headers={"Authorization": f"Bearer {SHORT_KEY}"}),
+        ]
+        assert [response.status_code for response in refused] == [401, 401, 401]
+        rows_after_refusals = {row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day")}
+        assert rows_after_refusals == rows_before
+
+        answered = [
+            client.post("/api/predict", content=digit_png, headers={"X-API-Key": API_KEY}),
+            client.post("/api/predict", content=digit_png, headers={"Authorization": f"Bearer {API_KEY}"}),
+            client.post("/api/predict", content=digit_png, headers={"authorization": f"bearer  {API_KEY} "}),
+        ]
+        assert [response.status_code for response in answered] == [200, 200, 200], [r.text for r in answered]
+        store.flush()
+        stats = client.get("/api/stats", headers={"X-API-Key": API_KEY})
+        assert stats.status_code == 200 and stats.json()["total"] >= 3
+    rows_after = {str(row.id) for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day")}
+    assert rows_after == {str(row_id) for row_id in rows_before} | {response.json()["id"] for response in answered}
+
+
+def test_home_wires_the_api_key_from_the_settings() -> None:
+    """Import Home.py as the server does (in a child process: st.App pins process-wide Streamlit state)."""
+    probe = (
+        "import Home\n"
+        "from starlette.applications import Starlette\n"
+        "from starlette.testclient import TestClient\n"
+        "client = TestClient(Starlette(routes=Home.app._user_routes))\n"
+        "print(client.post('/api/predict', content=b'').status_code)\n"
+    )
+    answers = {}
+    for label, key in (("open", None), ("keyed", API_KEY)):
+        environment = {name: value for name, value in os.environ.items() if name != "MNIST_API_KEY"}
+        if key is not None:
+            environment["MNIST_API_KEY"] = key
+        result = subprocess.run([sys.executable, "-c", probe], cwd=REPOSITORY_ROOT, env=environment,
+                                capture_output=True, text=True, timeout=180, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        answers[label] = result.stdout.strip().splitlines()[-1]
+    assert answers == {"open": "400", "keyed": "401"}
+
+
+# ---------------------------------------------------------------------------------------
+# Bodies over the limit
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_is_413_and_nothing_is_read_or_stored(chunked: bool) -> None:
+    limit = 64 * 1024
+    body = b"\x89PNG\r\n\x1a\n" + bytes(limit)
+    content = iter([body[start:start + 8192] for start in range(0, len(body), 8192)]) if chunked else body
+    with TestClient(routes_without_storage(max_body_bytes=limit)) as client:
+        response = client.post("/api/predict", content=content, headers={"Content-Type": "image/png"})
+    assert response.status_code == 413, response.text
+    assert "64 kB" in response.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------
+# XSRF
+# ---------------------------------------------------------------------------------------
+
+XSRF_OFF = re.compile(
+    r"(?i)(enable_?xsrf_?protection[\"']?\s*[=:]\s*[\"']?false|--server\.enableXsrfProtection[= ]+false"
+    r"|STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION\s*[=:]\s*[\"']?(false|0))"
+)
+
+
+def test_xsrf_protection_is_on_in_the_streamlit_configuration() -> None:
+    configuration = tomllib.loads((REPOSITORY_ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    server = configuration["server"]
+    assert server.get("enableXsrfProtection") is True
+    # Streamlit turns CORS back on when XSRF protection is on; a config asking for both off would be a change of policy.
+    assert server.get("enableCORS", True) is not False
+
+
+def test_no_file_turns_xsrf_protection_off() -> None:
+    offenders = [
+        f"{path}:{line_number}"
+        for path, text in repository_text_files()
+        if path != "tests/test_security.py"
+        for line_number, line in enumerate(text.splitlines(), 1)
+        if XSRF_OFF.search(line)
+    ]
+    assert not offenders, offenders
+
+
+def test_streamlit_reads_xsrf_protection_as_on() -> None:
+    """What Streamlit itself makes of the repository's configuration (cwd = the repository, as scripts/run-app runs it)."""
+    probe = (
+        "from streamlit import config\n"
+        "config.get_config_options(force_reparse=True)\n"
+        "print(config.get_option('server.enableXsrfProtection'), config.get_option('server.maxUploadSize'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["True", "2"]
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets in git
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    path: str
+    line: int
+    rule: str
+    value: str
+
+    def __str__(self) -> str:
+        shown = self.value if len(self.value) <= 8 else self.value[:4] + "..."
+        return f"{self.path}:{self.line}: {self.rule} ({shown!r})"
+
+
+CONFIGURATION_SUFFIXES = {".toml", ".yaml", ".yml", ".ini", ".cfg", ".conf", ".env", ".properties", ".json", ".xml",
+                          ".sh", ".example", ".sample", ".template"}
+CONFIGURATION_NAMES = {"Dockerfile", "cqlshrc", ".dockerignore", ".env"}
+VALUE = r"(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'#,;)]+)"
+CONTENT_RULES = (
+    ("private key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"), "all"),
+    ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "all"),
+    ("GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"), "all"),
+    ("Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "all"),
+    # MNIST_CASSANDRA_PASSWORD=..., "MNIST_API_KEY": "...", MNIST_..._SECRET: ... with a literal value.
+    ("MNIST secret setting", re.compile(r"\bMNIST_[A-Z0-9_]*(?:PASSWORD|API_KEY|SECRET|TOKEN)\b[\"']?\s*[:=]\s*" + VALUE),
+     "all"),
+    ("Cassandra driver credentials", re.compile(
+        r"PlainTextAuthProvider\(\s*(?:username\s*=\s*)?[\"'][^\"']*[\"']\s*,\s*(?:password\s*=\s*)?"
+        r"(?P<value>\"[^\"\n]*\"|'[^'\n]*')"), "all"),
+    ("CQL password literal", re.compile(r"(?i)\bPASSWORD\s*=\s*(?P<value>'[^'\n]*')"), "all"),
+    ("password in a configuration file", re.compile(
+        r"(?im)^[ \t]*(?:#[ \t]*)?(?:export[ \t]+)?[\"']?[\w.-]*(?:password|passwd|secret|api_?key|access_?key|"
+        r"private_?key|auth_?token)[\"']?[ \t]*[:=][ \t]*" + VALUE), "configuration"),
+)
+KEYSTORE_SUFFIXES = {".jks", ".p12", ".pfx", ".keystore", ".truststore"}
+PRIVATE_KEY_FILE_NAMES = {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"}
+ALLOWED_ENVIRONMENT_FILES = {".env.example", ".env.sample", ".env.template"}
+# Fake credentials that tests need, each allowed in one file only, with the reason.
+ALLOWED_FINDINGS = {
+    ("tests/test_settings.py", "MNIST secret setting", "s3cret"): "a made-up password for the parsing tests",
+    ("tests/test_storage_auth.py", "MNIST secret setting", "not-the-password"): "a deliberately wrong password",
+    ("tests/test_storage_auth.py", "Cassandra driver credentials", "cassandra"):
+        "Cassandra's built-in superuser on the throwaway auth test node "
+        "(127.0.0.9, MNIST_CASSANDRA_AUTH=1 in scripts/cassandra)",
+}
+
+
+def is_placeholder(value: str) -> bool:
+    """Empty, a variable reference, a template slot or an ellipsis: not a secret."""
+    value = value.strip().strip("\"'").strip()
+    if not value or value.lower() in {"none", "null", "nil", "~", "true", "false"}:
+        return True
+    if value[0] in "$<@%{" or value.startswith("os.environ") or value.startswith("getenv"):
+        return True
+    return set(value) <= set(".*xX-_")
+
+
+def is_configuration_file(path: str) -> bool:
+    name = pathlib.PurePosixPath(path).name
+    return (pathlib.PurePosixPath(path).suffix in CONFIGURATION_SUFFIXES or name in CONFIGURATION_NAMES
+            or name.startswith(".env") or name.startswith("compose") or path.startswith("scripts/"))
+
+
+def find_secrets(path: str, text: str | None) -> list[Finding]:
+    """Credentials in one file: by its name (environment files, keystores, SSH keys) and by its text."""
+    name = pathlib.PurePosixPath(path).name
+    findings = []
+    if (name == ".env" or name.startswith(".env.")) and name not in ALLOWED_ENVIRONMENT_FILES:
+        findings.append(Finding(path, 0, "environment file", name))
+    if pathlib.PurePosixPath(path).suffix.lower() in KEYSTORE_SUFFIXES:
+        findings.append(Finding(path, 0, "keystore", name))
+    if name in PRIVATE_KEY_FILE_NAMES or path.endswith(".streamlit/secrets.toml"):
+        findings.append(Finding(path, 0, "credentials file", name))
+    if text is None:
+        return findings
+    for rule, pattern, scope in CONTENT_RULES:
+        if scope == "configuration" and not is_configuration_file(path):
+            continue
+        for match in pattern.finditer(text):
+            value = match.groupdict().get("value") or match.group(0)
+            quoted = value[:1] in "\"'"
+            if "value" in match.groupdict():
+                # In Python an unquoted value is a name (a variable), not a literal.
+                if path.endswith(".py") and not quoted:
+                    continue
+                if is_placeholder(value):
+                    continue
+            findings.append(Finding(path, text.count("\n", 0, match.start()) + 1, rule, value.strip("\"'")))
+    return findings
+
+
+def repository_files() -> list[str]:
+    """Files git tracks, plus new files it would add (untracked and not ignored): what a commit could publish."""
+    result = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY_ROOT,
+                            capture_output=True, check=True, timeout=60)
+    return sorted({path for path in result.stdout.decode().split("\0") if path and (REPOSITORY_ROOT / path).is_file()})
+
+
+def repository_text_files() -> list[tuple[str, str]]:
+    texts = []
+    for path in repository_files():
+        data = (REPOSITORY_ROOT / path).read_bytes()
+        if b"\0" not in data[:8192]:
+            texts.append((path, data.decode("utf-8", errors="replace")))
+    return texts
+
+
+def scan_repository() -> list[Finding]:
+    findings = []
+    for path in repository_files():
+        data = (REPOSITORY_ROOT / path).read_bytes()
+        text = None if b"\0" in data[:8192] else data.decode("utf-8", errors="replace")
+        findings.extend(find_secrets(path, text))
+    return findings
+
+
+def test_no_credentials_are_committed() -> None:
+    findings = scan_repository()
+    assert len(repository_files()) > 50
+    leaks = [finding for finding in findings if (finding.path, finding.rule, finding.value) not in ALLOWED_FINDINGS]
+    assert not leaks, "possible credentials (move them to the environment or st.secrets):\n" + "\n".join(map(str, leaks))
+    # Each allowance is still needed, so the list stays as narrow as the tests it covers.
+    used = {(finding.path, finding.rule, finding.value) for finding in findings}
+    assert set(ALLOWED_FINDINGS) <= used, set(ALLOWED_FINDINGS) - used
+
+
+# Fakes assembled at run time, so this file itself holds no match.
+FAKE_PRIVATE_KEY = "-----BEGIN " + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END " + "RSA PRIVATE KEY-----\n"
+FAKE_AWS_KEY_ID = "AKIA" + "Z7EXAMPLEQ2W3E4R"
+FAKE_PASSWORD = "Tr0ub4dor" + "-and-3"
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "rule"),
+    [
+        ("deploy/server.pem", FAKE_PRIVATE_KEY, "private key"),
+        ("bench/aws.py", f"KEY_ID = '{FAKE_AWS_KEY_ID}'\n", "AWS access key id"),
+        ("scripts/run-prod", "export MNIST_CASSANDRA_" + f"PASSWORD={FAKE_PASSWORD}\n", "MNIST secret setting"),
+        ("mnist_core/config.py", '{"MNIST_API_' + f'KEY": "{FAKE_PASSWORD}"}}\n', "MNIST secret setting"),
+        ("compose.yaml", "    CASSANDRA_" + f"PASSWORD: {FAKE_PASSWORD}\n", "password in a configuration file"),
+        ("cassandra/conf/cassandra.yaml", "  keystore_" + f"password: {FAKE_PASSWORD}\n", "password in a configuration file"),
+        (".streamlit/config.toml", "# mnist_" + f'password = "{FAKE_PASSWORD}"\n', "password in a configuration file"),
+        ("tests/test_new.py", "PlainTextAuthProvider(" + f"'app', '{FAKE_PASSWORD}')\n", "Cassandra driver credentials"),
+        ("deploy/init.cql", "CREATE ROLE app WITH " + f"PASSWORD = '{FAKE_PASSWORD}';\n", "CQL password literal"),
+        (".env", "", "environment file"),
+        ("deploy/.env.production", "", "environment file"),
+        ("deploy/keystore.jks", None, "keystore"),
+        (".streamlit/secrets.toml", "", "credentials file"),
+    ],
+    ids=["pem", "aws", "shell-export", "python-dict", "compose", "cassandra-yaml", "commented-toml", "driver",
+         "cql", "dotenv", "dotenv-production", "jks", "streamlit-secrets"],
+)
+def test_the_scanner_catches_fake_credentials(path: str, text: str | None, rule: str) -> None:
+    assert rule in {finding.rule for finding in find_secrets(path, text)}
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("compose.yaml", "      MNIST_CASSANDRA_" + "PASSWORD: ${CASSANDRA_PASSWORD:?set it}\n"),
+        (".env.example", "CASSANDRA_" + "PASSWORD=\n"),
+        ("deploy/init.sh", 'admin_' + 'password="${ADMIN_PASSWORD:-}"\n'),
+        ("tests/test_new.py", "settings_for(MNIST_CASSANDRA_" + "PASSWORD=APPLICATION_PASSWORD)\n"),
+        ("README.md", "MNIST_CASSANDRA_" + "PASSWORD=... scripts/run-app\n"),
+        ("cassandra/conf/cassandra.yaml", "num_tokens: 1\n"),
+    ],
+)
+def test_the_scanner_lets_placeholders_and_references_pass(path: str, text: str) -> None:
+    assert find_secrets(path, text) == []
+
+
+def test_an_allowance_covers_one_file_only() -> None:
+    (allowed_path, rule, value), = [key for key in ALLOWED_FINDINGS if key[2] == "s3cret"]
+    moved = find_secrets("tests/test_other.py", '{"MNIST_CASSANDRA_' + f'PASSWORD": "{value}"}}')
+    assert [(finding.path, finding.rule, finding.value) for finding in moved] == [("tests/test_other.py", rule, value)]
+    assert ("tests/test_other.py", rule, value) not in ALLOWED_FINDINGS
+
+
+# ---------------------------------------------------------------------------------------
+# Known vulnerabilities in the pinned runtime dependencies
+# ---------------------------------------------------------------------------------------
+
+PIP_AUDIT = pathlib.Path(sys.executable).with_name("pip-audit")
+# OSV has the most complete data; PyPI's JSON API is the fallback. The first one that can
+# check every pin decides; if none can, the test fails rather than pass on no evidence.
+AUDIT_SERVICES = ("osv", "pypi")
+AUDIT_TIMEOUT_SECONDS = 180
+
+
+def run_pip_audit(service: str, requirements: pathlib.Path, cache_directory: pathlib.Path) -> tuple[dict | None, str]:
+    """pip-audit's JSON report for fully pinned requirements (no resolution, no pip), and its stderr."""
+    command = [str(PIP_AUDIT), "--requirement", str(requirements), "--no-deps", "--disable-pip",
+               "--vulnerability-service", service, "--format", "json", "--progress-spinner", "off",
+               "--timeout", "20", "--cache-dir", str(cache_directory)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=AUDIT_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        return None, f"no answer within {AUDIT_TIMEOUT_SECONDS} s"
+    try:
+        return json.loads(result.stdout), result.stderr
+    except json.JSONDecodeError:
+        last_lines = [line for line in result.stderr.strip().splitlines() if line.strip()][-1:]
+        return None, f"exit {result.returncode}: {' '.join(last_lines) or 'no output'}"
+
+
+def test_requirements_have_no_known_vulnerabilities(tmp_path: pathlib.Path) -> None:
+    assert PIP_AUDIT.exists(), f"{PIP_AUDIT} is missing: install requirements-dev.txt"
+    requirements = REPOSITORY_ROOT / "requirements.txt"
+    pins = [line for line in requirements.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    problems = []
+    for service in AUDIT_SERVICES:
+        report, errors = run_pip_audit(service, requirements, tmp_path / "pip-audit-cache")
+        if report is None:
+            problems.append(f"{service}: {errors}")
+            continue
+        dependencies = report["dependencies"]
+        skipped = [f"{item['name']} ({item['skip_reason']})" for item in dependencies if "skip_reason" in item]
+        if skipped or len(dependencies) != len(pins):
+            problems.append(f"{service}: {len(skipped)} of {len(pins)} pins could not be checked, e.g. {skipped[:1]}")
+            continue
+        vulnerable = [
+            f"{item['name']}=={item['version']}: {vulnerability['id']} "
+            f"(fixed in {', '.join(vulnerability['fix_versions']) or 'no release yet'})"
+            for item in dependencies for vulnerability in item.get("vulns", [])
+        ]
+        assert not vulnerable, f"known vulnerabilities in requirements.txt ({service}):\n" + "\n".join(vulnerable)
+        return
+    pytest.fail(
+        "No vulnerability service could check requirements.txt, so there is no evidence either way "
+        "(pip-audit needs https://api.osv.dev or PyPI's per-release JSON API):\n" + "\n".join(problems),
+        pytrace=False,
+    )
