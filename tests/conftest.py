@@ -198,6 +198,7 @@ def raw_session(cassandra_node: str):
 AUTH_NODE = 9
 AUTH_NODE_ENVIRONMENT = {
     "MNIST_CASSANDRA_AUTH": "1",
+    "MNIST_CASSANDRA_TLS": "1",
     "MNIST_CASSANDRA_SEEDS": f"127.0.0.{AUTH_NODE}",
     "MNIST_CASSANDRA_CLUSTER_NAME": "mnist-auth-test",
     "MNIST_CASSANDRA_HEAP": "512M",
@@ -206,7 +207,7 @@ AUTH_NODE_ENVIRONMENT = {
 
 @pytest.fixture(scope="session")
 def auth_cassandra_node() -> Iterator[str]:
-    """A second small node (127.0.0.9, heap 512M) with PasswordAuthenticator on; the main node stays open.
+    """A second small node (127.0.0.9, heap 512M) with PasswordAuthenticator on and TLS accepted; the main node stays open.
 
     Stopped at the end of the session if this session started it.
     """
@@ -214,6 +215,9 @@ def auth_cassandra_node() -> Iterator[str]:
     yield f"127.0.0.{AUTH_NODE}"
     if started_here:
         stop_node(node=AUTH_NODE)
+
+
+AUTH_NODE_CA_FILE = REPOSITORY_ROOT / ".cassandra" / f"node{AUTH_NODE}" / "conf" / "client-ca.pem"
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
-"""With PasswordAuthenticator on a real node: the right credentials work, wrong ones fail with a clear sentence."""
+"""With PasswordAuthenticator and TLS on a real node: the right credentials work, wrong ones fail with a clear
+sentence, and sessions made with the node's CA are encrypted."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 
 import pytest
 
-from mnist_core.storage import PredictionStore, StorageAuthenticationError, StoreOutcome, connection
+from mnist_core.storage import PredictionStore, StorageAuthenticationError, StorageUnavailable, StoreOutcome, connection
+from tests.conftest import AUTH_NODE_CA_FILE
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
@@ -100,3 +103,57 @@ def test_wrong_password_keeps_predictions_in_the_outbox(settings_for, applicatio
         assert "rejected" in status.message
     finally:
         store.close()
+
+
+def test_tls_with_credentials_stores_and_reads_over_an_encrypted_connection(
+        settings_for, application_role, auth_cassandra_node, make_record, plain_cluster) -> None:
+    """The node's own CA (MNIST_CASSANDRA_TLS_CA_FILE), hostname checked: the server lists our sessions as TLS."""
+    settings = settings_for(
+        MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node,
+        MNIST_CASSANDRA_USERNAME=application_role,
+        MNIST_CASSANDRA_PASSWORD=APPLICATION_PASSWORD,
+        MNIST_CASSANDRA_TLS_CA_FILE=str(AUTH_NODE_CA_FILE),
+    )
+    assert settings.tls_enabled and settings.cassandra_tls_verify_hostname
+    store = PredictionStore(settings, background=False)
+    try:
+        store.connect()
+        record = make_record(digit=7)
+        assert store.store(record) is StoreOutcome.STORED
+        assert store.latest(1) == [record]
+        # The server's own list of client connections, read by the superuser over a plain connection.
+        from cassandra.auth import PlainTextAuthProvider
+
+        observer = plain_cluster(auth_cassandra_node, auth_provider=PlainTextAuthProvider("cassandra", "cassandra"))
+        try:
+            sessions = [row for row in observer.connect().execute(
+                "SELECT ssl_enabled, ssl_protocol, username FROM system_views.clients") if row.username == application_role]
+        finally:
+            observer.shutdown()
+        assert sessions, "the server does not list our connections"
+        assert all(row.ssl_enabled and row.ssl_protocol.startswith("TLS") for row in sessions)
+    finally:
+        store.close()
+
+
+def test_tls_with_an_untrusted_certificate_fails_with_a_clear_message(
+        settings_for, application_role, auth_cassandra_node, tmp_path) -> None:
+    """A CA the node's certificate was not issued by: refused, and the sentence says it is a connection problem."""
+    other_keystore = tmp_path / "other.p12"
+    other_ca = tmp_path / "other-ca.pem"
+    for arguments in (
+        ["-genkeypair", "-alias", "other", "-keyalg", "RSA", "-keysize", "2048", "-dname", "CN=127.0.0.9",
+         "-storetype", "PKCS12", "-keystore", str(other_keystore), "-storepass", "not-secret"],
+        ["-exportcert", "-rfc", "-alias", "other", "-keystore", str(other_keystore), "-storepass", "not-secret",
+         "-file", str(other_ca)],
+    ):
+        subprocess.run(["keytool", *arguments], check=True, capture_output=True, timeout=60)
+    settings = settings_for(
+        MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node,
+        MNIST_CASSANDRA_USERNAME=application_role,
+        MNIST_CASSANDRA_PASSWORD=APPLICATION_PASSWORD,
+        MNIST_CASSANDRA_TLS_CA_FILE=str(other_ca),
+    )
+    with pytest.raises(StorageUnavailable) as raised:
+        connection.connect(settings, attempts=1)
+    assert "127.0.0.9" in str(raised.value)
