@@ -78,7 +78,7 @@ from playwright.async_api import Error as PlaywrightError  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from mnist_core.datasets import load_mnist  # noqa: E402
-from tests.e2e.strokes import digit_strokes  # noqa: E402
+from tests.e2e.strokes import ANSWER_TIMER_SCRIPT, digit_strokes  # noqa: E402
 from train.drawings import redraw  # noqa: E402
 
 CASSANDRA_SCRIPT = REPOSITORY_ROOT / "scripts" / "cassandra"
@@ -546,21 +546,6 @@ async def send_one(client: httpx2.AsyncClient, plan: dict, result: ApiResult) ->
     if result.latency_seconds > plan["deadline_seconds"]:
         result.error = "late"
 
-
-# In the page: the Predict click time and the moment the "Prediction" metric is in the DOM.
-ANSWER_TIMER_SCRIPT = """() => {
-  window.__predictClickedAt = null;
-  window.__answerShownAt = null;
-  const button = Array.from(document.querySelectorAll('button')).find((item) => item.innerText.trim() === 'Predict');
-  button.addEventListener('click', () => { window.__predictClickedAt = performance.now(); }, {once: true, capture: true});
-  const observer = new MutationObserver(() => {
-    if (window.__predictClickedAt !== null && document.querySelector('[data-testid="stMetricValue"]')) {
-      window.__answerShownAt = performance.now();
-      observer.disconnect();
-    }
-  });
-  observer.observe(document.body, {childList: true, subtree: true, characterData: true});
-}"""
 
 # What the page shows after Predict: the prediction id (the "Was this right?" radio has the key
 # draw_right_<id>, which Streamlit puts in the class st-key-draw_right_<id>), the blank message,

@@ -61,3 +61,20 @@ def draw_strokes(page, canvas_box: dict, strokes: list[list[tuple[float, float]]
         for x, y in stroke[1:]:
             page.mouse.move(canvas_box["x"] + x, canvas_box["y"] + y, steps=2)
         page.mouse.up()
+
+
+# Installed in the page before a Predict click (browser tests and bench/hardening.py): measures,
+# inside the page, from the Predict click event to the "Prediction" metric appearing in the DOM.
+ANSWER_TIMER_SCRIPT = """() => {
+  window.__predictClickedAt = null;
+  window.__answerShownAt = null;
+  const button = Array.from(document.querySelectorAll('button')).find((item) => item.innerText.trim() === 'Predict');
+  button.addEventListener('click', () => { window.__predictClickedAt = performance.now(); }, {once: true, capture: true});
+  const observer = new MutationObserver(() => {
+    if (window.__predictClickedAt !== null && document.querySelector('[data-testid="stMetricValue"]')) {
+      window.__answerShownAt = performance.now();
+      observer.disconnect();
+    }
+  });
+  observer.observe(document.body, {childList: true, subtree: true, characterData: true});
+}"""

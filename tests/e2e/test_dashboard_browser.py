@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import get_json
-from tests.e2e.strokes import digit_strokes, draw_strokes
+from tests.e2e.strokes import ANSWER_TIMER_SCRIPT, digit_strokes, draw_strokes
 from tests.conftest import REPOSITORY_ROOT
 from train.drawings import redraw
 
@@ -71,22 +71,6 @@ def clear_canvas(page) -> None:
     # Clear gives the canvas a new key: let the new one mount before the mouse goes down, or the
     # first stroke lands on the old one (the first time after opening the page this is slowest).
     time.sleep(CANVAS_MOUNT_SECONDS)
-
-
-# Measured inside the page: from the Predict click event to the metric appearing in the DOM.
-ANSWER_TIMER_SCRIPT = """() => {
-  window.__predictClickedAt = null;
-  window.__answerShownAt = null;
-  const button = Array.from(document.querySelectorAll('button')).find((item) => item.innerText.trim() === 'Predict');
-  button.addEventListener('click', () => { window.__predictClickedAt = performance.now(); }, {once: true, capture: true});
-  const observer = new MutationObserver(() => {
-    if (window.__predictClickedAt !== null && document.querySelector('[data-testid="stMetricValue"]')) {
-      window.__answerShownAt = performance.now();
-      observer.disconnect();
-    }
-  });
-  observer.observe(document.body, {childList: true, subtree: true, characterData: true});
-}"""
 
 
 def draw_and_predict(page, image: np.ndarray) -> tuple[str, float]:
