@@ -1,14 +1,18 @@
 """Entry point: `streamlit run Home.py` serves the Draw, History and Model pages and the REST API.
 
 Streamlit finds the ``st.App`` below (``app``) and serves it with uvicorn: the same server
-then answers ``/api/predict``, ``/api/health`` and ``/api/stats`` next to the pages. When
+then answers ``/api/predict``, ``/api/health`` and ``/api/stats`` next to the pages. Its
+lifespan builds the store and loads the model at start (so an outbox left by the previous
+process drains without waiting for a visitor) and closes the store at shutdown. When
 Streamlit runs this file as the page script (``__name__ == "__main__"``) it only declares the
 navigation and the sidebar. The pages live in ``app_pages/``, not ``pages/``: Streamlit
 treats a ``pages/`` folder as the old multipage layout, and a session that starts on a
 page URL such as /history would run that page directly, without this navigation.
 """
 
+import contextlib
 import pathlib
+import threading
 
 import streamlit as st
 
@@ -30,8 +34,16 @@ else:
     from dashboard import resources
     from mnist_core import rest_api, settings
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        # In a thread: the server answers at once (pages wait on the cached model if they need it first).
+        threading.Thread(target=resources.warm_up, name="mnist-warm-up", daemon=True).start()
+        yield
+        resources.shut_down()
+
     app = st.App(
         pathlib.Path(__file__).resolve(),
+        lifespan=lifespan,
         routes=rest_api.create_routes(
             get_recognizer=resources.recognizer_resource,
             get_store=resources.store_resource,

@@ -25,6 +25,9 @@ DIGIT_BOX_SIDE = 20
 WORKING_SIDE_LIMIT = 160
 # Refuse images whose decoded size could exhaust memory (decompression bombs).
 MAX_INPUT_PIXELS = 40_000_000
+# And whose longer side is absurd for a picture of digits: a 1 x 39,000,000 strip passes the
+# pixel limit but took 5 s to reduce. Sixteen digits of 1,000 pixels each still fit.
+MAX_INPUT_SIDE = 20_000
 MAX_DIGITS = 16
 # Decoded pictures above this many pixels are box-reduced by Pillow, in their own pixel type,
 # before they become float32: a 36-megapixel RGBA PNG of a few hundred kB would otherwise
@@ -89,6 +92,10 @@ def load_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
             raise ImageDecodeError(
                 f"The image is {width}x{height} pixels; the limit is "
                 f"{MAX_INPUT_PIXELS:,} pixels.")
+        if max(width, height) > MAX_INPUT_SIDE:
+            raise ImageDecodeError(
+                f"The image is {width}x{height} pixels; neither side may be longer than "
+                f"{MAX_INPUT_SIDE:,} pixels.")
         if image.mode in ("P", "PA"):
             image = image.convert("RGBA")
         # Reading it here turns a truncated file into an error now, not later.

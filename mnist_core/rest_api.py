@@ -21,7 +21,7 @@ from collections.abc import Callable
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -87,11 +87,15 @@ async def _read_limited_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise RequestProblem(400, "The Content-Length header is not a number.") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestProblem(413, f"The request is larger than the {limit // 1024} kB limit.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestProblem(413, f"The request is larger than the {limit // 1024} kB limit.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to read the answer; answering (instead of raising) keeps a traceback out of the log.
+        raise RequestProblem(400, "The client disconnected before sending the whole body; nothing was stored.") from None
     return b"".join(chunks)
 
 

@@ -112,6 +112,9 @@ class Settings:
     # Durable outbox for predictions written while Cassandra is unreachable
     data_dir: pathlib.Path = REPOSITORY_ROOT / ".data"
     outbox_flush_interval_seconds: float = 2.0
+    # Writes acknowledged this long before a node went down are sent again when it is back: longer than
+    # Cassandra's default periodic commit log sync (10 s), the writes a killed node can lose.
+    outbox_resend_window_seconds: float = 15.0
     # Display
     display_timezone: str = "UTC"
     # Recognizer
@@ -292,6 +295,9 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
         data_dir=_path(mapping, "DATA_DIR", defaults.data_dir),
         outbox_flush_interval_seconds=_number(
             mapping, "OUTBOX_FLUSH_INTERVAL", defaults.outbox_flush_interval_seconds, minimum=0.05
+        ),
+        outbox_resend_window_seconds=_number(
+            mapping, "OUTBOX_RESEND_WINDOW", defaults.outbox_resend_window_seconds, minimum=0.0
         ),
         display_timezone=display_timezone,
         model_path=_path(mapping, "MODEL_PATH", defaults.model_path),

@@ -661,11 +661,15 @@ SAMPLE_CASSANDRA_YAML = textwrap.dedent(
         parameters:
           - seeds: "127.0.0.1:7000"
     endpoint_snitch: SimpleSnitch
+    commitlog_sync: periodic
+    commitlog_sync_period: 10000ms
+    # commitlog_sync_group_window: 1000ms
+    commitlog_segment_size: 32MiB
     """
 )
 
 
-def test_entrypoint_turns_on_passwords_and_permissions_then_runs_the_image_entrypoint(tmp_path: pathlib.Path) -> None:
+def test_entrypoint_turns_on_passwords_permissions_and_synced_commits_then_runs_the_image_entrypoint(tmp_path: pathlib.Path) -> None:
     configuration = tmp_path / "conf"
     configuration.mkdir()
     config_file = configuration / "cassandra.yaml"
@@ -689,9 +693,15 @@ def test_entrypoint_turns_on_passwords_and_permissions_then_runs_the_image_entry
     original = yaml.safe_load(SAMPLE_CASSANDRA_YAML)
     assert configuration_after["authenticator"] == "PasswordAuthenticator"
     assert configuration_after["authorizer"] == "CassandraAuthorizer"
-    for key in ("cluster_name", "num_tokens", "role_manager", "network_authorizer", "seed_provider", "endpoint_snitch"):
+    # A killed node must keep what it acknowledged: group sync, and no leftover periodic setting.
+    assert configuration_after["commitlog_sync"] == "group"
+    assert configuration_after["commitlog_sync_group_window"] == "15ms"
+    assert "commitlog_sync_period" not in configuration_after
+    for key in ("cluster_name", "num_tokens", "role_manager", "network_authorizer", "seed_provider", "endpoint_snitch",
+                "commitlog_segment_size"):
         assert configuration_after[key] == original[key], key
     assert outputs[0].count("authenticator:") == 1
+    assert outputs[0].count("commitlog_sync:") == 1
 
 
 # --- compose.yaml: roles and credentials ------------------------------------------------------

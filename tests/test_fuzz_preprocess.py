@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mnist_core.preprocess import MAX_DIGITS, MAX_INPUT_PIXELS, MODEL_SIDE, ImageDecodeError, load_image, preprocess
+from mnist_core.preprocess import MAX_DIGITS, MAX_INPUT_PIXELS, MAX_INPUT_SIDE, MODEL_SIDE, ImageDecodeError, load_image, preprocess
 
 # Damaged files make Pillow warn (corrupt EXIF, truncated TIFF tags, bomb-sized headers): expected here.
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:PIL"),
@@ -401,7 +401,20 @@ def test_a_decompression_bomb_is_refused_before_any_pixel_is_allocated(name: str
     assert "<_io." not in message
 
 
-@pytest.mark.parametrize(("width", "height"), [(1, 1), (10000, 1), (1, 10000)])
+@pytest.mark.parametrize(("width", "height"), [(1, 39_000_000), (39_000_000, 1), (MAX_INPUT_SIDE + 1, 2)])
+def test_a_strip_under_the_pixel_limit_but_too_long_is_refused_before_decoding(width: int, height: int) -> None:
+    """Such a strip passed the pixel limit and took seconds to reduce; now it is refused from its header."""
+    assert width * height <= MAX_INPUT_PIXELS
+    data = png_file(width, height, pixel_data=zlib.compress(bytes(1000)))
+    allocations_before = Image.core.get_stats()["new_count"]
+    with pytest.raises(ImageDecodeError) as refusal:
+        load_image(data)
+    assert Image.core.get_stats()["new_count"] == allocations_before
+    assert f"{width}x{height}" in str(refusal.value)
+    assert f"{MAX_INPUT_SIDE:,} pixels" in str(refusal.value)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (10000, 1), (1, 10000), (MAX_INPUT_SIDE, 1)])
 def test_extreme_shapes_are_read(width: int, height: int) -> None:
     pixels = np.full((height, width), 255, dtype=np.uint8)
     pixels[: max(1, height // 2), : max(1, width // 2)] = 0

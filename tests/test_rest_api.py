@@ -140,3 +140,37 @@ def test_stats_refuse_bad_queries(client, params):
     response = client.get("/api/stats", params=params)
     assert response.status_code == 400
     assert response.json()["error"]
+
+
+def test_a_client_that_disconnects_mid_body_gets_an_answer_not_a_traceback(recognizer, store, digit_png):
+    """Driven at the ASGI level: the body's first half arrives, then the client goes away."""
+    import asyncio
+
+    application = Starlette(routes=rest_api.create_routes(
+        get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC"))
+    body = digit_png[0]
+    incoming = [
+        {"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/predict", "raw_path": b"/api/predict", "root_path": "", "query_string": b"",
+        "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
+    }
+    before = len(store.latest(200))
+    asyncio.run(application(scope, receive, send))  # raises if the disconnect escapes the route
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    assert start["status"] == 400
+    answer = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    assert b"disconnected" in answer
+    assert len(store.latest(200)) == before

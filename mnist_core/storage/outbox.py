@@ -4,6 +4,11 @@ Entries keep the order they were added in (an autoincrement sequence) and carry 
 prediction with its client-generated id, so replaying an entry twice writes the same rows
 twice, never two predictions. SQLite runs in WAL mode with full fsync: once ``add`` returns,
 the entry survives a crash of the app.
+
+An acknowledged entry is not forgotten at once: it moves to a ``sent`` table for a while.
+A Cassandra node that is killed can lose the writes it acknowledged since its last commit log
+sync (10 s by default), so when a node comes back the store puts the entries sent shortly
+before it went away back in the queue, at their old positions, and sends them again.
 """
 
 from __future__ import annotations
@@ -46,6 +51,16 @@ class Outbox:
             " payload TEXT NOT NULL,"
             " enqueued_at REAL NOT NULL)"
         )
+        # Entries Cassandra acknowledged, kept for resend_since(); same columns plus when they were sent.
+        self._connection.execute(
+            "CREATE TABLE IF NOT EXISTS sent ("
+            " sequence INTEGER PRIMARY KEY,"
+            " kind TEXT NOT NULL,"
+            " payload TEXT NOT NULL,"
+            " enqueued_at REAL NOT NULL,"
+            " sent_at REAL NOT NULL)"
+        )
+        self._connection.execute("CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at)")
 
     def add(self, kind: str, payload: dict[str, Any]) -> int:
         """Append one write durably; returns its sequence number."""
@@ -67,9 +82,39 @@ class Outbox:
         return [OutboxEntry(sequence=row[0], kind=row[1], payload=json.loads(row[2])) for row in rows]
 
     def remove_through(self, sequence: int) -> None:
-        """Drop every entry up to and including ``sequence`` (they are in Cassandra now)."""
-        with self._lock:
+        """Move every entry up to and including ``sequence`` to the sent table (Cassandra acknowledged them)."""
+        with self._lock, self._connection:
+            self._connection.execute("BEGIN IMMEDIATE")
+            self._connection.execute(
+                "INSERT OR REPLACE INTO sent (sequence, kind, payload, enqueued_at, sent_at)"
+                " SELECT sequence, kind, payload, enqueued_at, ? FROM outbox WHERE sequence <= ?",
+                (time.time(), sequence),
+            )
             self._connection.execute("DELETE FROM outbox WHERE sequence <= ?", (sequence,))
+
+    def resend_since(self, moment: float) -> int:
+        """Queue again, at their original positions, the entries acknowledged at or after ``moment`` (a Unix time).
+
+        Returns how many were queued again. Replaying them is safe: every write is idempotent.
+        """
+        with self._lock, self._connection:
+            self._connection.execute("BEGIN IMMEDIATE")
+            cursor = self._connection.execute(
+                "INSERT OR IGNORE INTO outbox (sequence, kind, payload, enqueued_at)"
+                " SELECT sequence, kind, payload, enqueued_at FROM sent WHERE sent_at >= ?",
+                (moment,),
+            )
+            self._connection.execute("DELETE FROM sent WHERE sent_at >= ?", (moment,))
+            return int(cursor.rowcount)
+
+    def forget_sent_before(self, moment: float) -> None:
+        """Drop acknowledged entries sent before ``moment``: no node can have lost them any more."""
+        with self._lock:
+            self._connection.execute("DELETE FROM sent WHERE sent_at < ?", (moment,))
+
+    def sent_count(self) -> int:
+        with self._lock:
+            return int(self._connection.execute("SELECT COUNT(*) FROM sent").fetchone()[0])
 
     def pending_count(self) -> int:
         with self._lock:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from cassandra import DriverException, OperationTimedOut, RequestExecutionException
 from cassandra.cluster import Cluster, NoHostAvailable, Session
 from cassandra.connection import ConnectionException
+from cassandra.policies import HostStateListener
 
 from mnist_core.settings import Settings, get_settings
 from mnist_core.storage import buckets, connection, migrations, outbox
@@ -51,6 +52,48 @@ MARKER_SCAN_INTERVAL_SECONDS = 30.0
 MARKER_SCAN_DAYS_AT_START = 7
 
 
+class _NodeWatch(HostStateListener):
+    """Notes when a node goes down and comes back, for the resend of writes a killed node may have lost.
+
+    The driver calls these from its own threads, so they only set fields and wake the writer.
+    """
+
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._came_back = False
+
+    def on_down(self, host) -> None:
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.time()
+
+    def on_up(self, host) -> None:
+        with self._lock:
+            self._came_back = self._down_since is not None
+        self._wake.set()
+
+    def on_add(self, host) -> None:
+        pass
+
+    def on_remove(self, host) -> None:
+        pass
+
+    def take_return(self) -> float | None:
+        """When the node that has come back went down, once per return; None if no node came back."""
+        with self._lock:
+            if not self._came_back:
+                return None
+            down_since, self._down_since, self._came_back = self._down_since, None, False
+            return down_since
+
+    @property
+    def all_up_since_last_return(self) -> bool:
+        with self._lock:
+            return self._down_since is None
+
+
 class PredictionStore:
     """Stores predictions and answers the dashboard's questions; one per process (see :func:`get_storage`)."""
 
@@ -73,6 +116,8 @@ class PredictionStore:
         self._marker_scan_days = MARKER_SCAN_DAYS_AT_START
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._node_watch = _NodeWatch(self._wake)
+        self.resent_entries = 0
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._background_loop, name="mnist-storage", daemon=True)
@@ -112,6 +157,7 @@ class PredictionStore:
             except BaseException:
                 cluster.shutdown()
                 raise
+            cluster.register_listener(self._node_watch)
             self._cluster, self._session, self._repository = cluster, session, repository
             self._last_failure = None
             self._wake.set()
@@ -323,6 +369,7 @@ class PredictionStore:
                     replayed += self._replay_outbox(repository)
                     self._refresh_noted_slots(repository)
                     if self._outbox.pending_count() == 0:
+                        self._forget_old_sends()
                         return replayed
                 except UNAVAILABLE_ERRORS as error:
                     self._last_failure = f"Outbox replay failed: {error}"
@@ -404,6 +451,24 @@ class PredictionStore:
         today = datetime.datetime.now(buckets.UTC).date()
         return repository.refresh_marked_slots(today - datetime.timedelta(days=offset) for offset in range(days))
 
+    def _resend_after_node_return(self) -> None:
+        """After a node came back, queue again what it acknowledged just before going down; else forget old sends."""
+        window = self.settings.outbox_resend_window_seconds
+        down_since = self._node_watch.take_return()
+        if down_since is not None and window > 0:
+            # Under the replay lock: a replay in progress removes through its last entry, resent ones included.
+            with self._replay_lock:
+                resent = self._outbox.resend_since(down_since - window)
+            self.resent_entries += resent
+            if resent:
+                logger.info("A Cassandra node came back: sending again the %d write(s) it acknowledged "
+                            "in the %.0f s before it went down.", resent, window)
+
+    def _forget_old_sends(self) -> None:
+        """Drop acknowledged entries older than the resend window, unless a node is down and may need them."""
+        if self._node_watch.all_up_since_last_return:
+            self._outbox.forget_sent_before(time.time() - self.settings.outbox_resend_window_seconds)
+
     def _background_loop(self) -> None:
         """The writer: sends the outbox whenever a write arrives, recounts slots at most once per interval."""
         interval = self.settings.outbox_flush_interval_seconds
@@ -416,10 +481,12 @@ class PredictionStore:
                 repository = self._repository_or_none()
                 if repository is None:
                     continue
+                self._resend_after_node_return()
                 if self._outbox.pending_count():
                     self._replay_outbox(repository)
                 now = time.monotonic()
                 if now >= self._next_slot_refresh_at:
+                    self._forget_old_sends()
                     self._refresh_noted_slots(repository)
                     self._next_slot_refresh_at = now + interval
                 if now >= self._next_marker_scan_at:

@@ -7,6 +7,7 @@ driven by Playwright from PyPI; ``playwright install`` is never needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -42,18 +43,27 @@ def get_json(url: str, timeout: float = 10.0) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-@pytest.fixture(scope="module")
-def app_server(module_keyspace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The dashboard and its API served by `streamlit run Home.py`; yields the base URL once /api/health answers."""
+def app_is_serving(base_url: str) -> bool:
+    """The app answers /api/health with the model loaded and Cassandra connected."""
+    status, body = get_json(f"{base_url}/api/health", timeout=5)
+    return status == 200 and body.get("storage", {}).get("state") == "connected"
+
+
+@contextlib.contextmanager
+def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.Path, *,
+                ready: Callable[[str], bool] = app_is_serving) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`streamlit run Home.py` on a free port with this keyspace and outbox directory, until ``ready(base_url)``.
+
+    Yields the base URL and the process; stops it with SIGTERM (SIGKILL after a grace period).
+    """
     if not SHIPPED_MODEL_PATH.is_file():
-        pytest.fail(f"The browser tests need the trained model at {SHIPPED_MODEL_PATH}.", pytrace=False)
+        pytest.fail(f"The app tests need the trained model at {SHIPPED_MODEL_PATH}.", pytrace=False)
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     environment = {
         **os.environ,
         "MNIST_CASSANDRA_CONTACT_POINTS": "127.0.0.1",
-        "MNIST_CASSANDRA_KEYSPACE": module_keyspace,
-        "MNIST_DATA_DIR": str(tmp_path_factory.mktemp("app-data")),
+        "MNIST_CASSANDRA_KEYSPACE": keyspace,
+        "MNIST_DATA_DIR": str(data_directory),
         "MNIST_MODEL_PATH": str(SHIPPED_MODEL_PATH),
         "MNIST_DISPLAY_TIMEZONE": "UTC",
         "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -72,8 +82,7 @@ def app_server(module_keyspace: str, tmp_path_factory: pytest.TempPathFactory) -
             if server.poll() is not None:
                 pytest.fail(f"streamlit run exited with {server.returncode}:\n{log_path.read_text()[-4000:]}", pytrace=False)
             try:
-                status, body = get_json(f"{base_url}/api/health", timeout=5)
-                if status == 200 and body.get("storage", {}).get("state") == "connected":
+                if ready(base_url):
                     break
             except (OSError, ValueError):
                 pass
@@ -81,7 +90,7 @@ def app_server(module_keyspace: str, tmp_path_factory: pytest.TempPathFactory) -
                 pytest.fail(f"The app did not answer within {SERVER_START_TIMEOUT_SECONDS} s:\n{log_path.read_text()[-4000:]}",
                             pytrace=False)
             time.sleep(0.5)
-        yield base_url
+        yield base_url, server
     finally:
         server.terminate()
         try:
@@ -89,6 +98,14 @@ def app_server(module_keyspace: str, tmp_path_factory: pytest.TempPathFactory) -
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def app_server(module_keyspace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dashboard and its API served by `streamlit run Home.py`; yields the base URL once /api/health answers."""
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    with running_app(module_keyspace, tmp_path_factory.mktemp("app-data"), log_path) as (base_url, _server):
+        yield base_url
 
 
 @pytest.fixture(scope="module")

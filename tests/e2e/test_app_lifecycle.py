@@ -1,0 +1,58 @@
+"""The served app's start and stop: an outbox left by an earlier process drains with nobody visiting.
+
+A previous app process that stopped (or crashed) while Cassandra was away leaves its
+predictions in the SQLite outbox of its data directory. The next process must send them at
+start, not when its first visitor or API call happens to build the store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import urllib.request
+
+import pytest
+
+from mnist_core.storage import outbox
+from mnist_core.storage.records import time_uuid
+from tests.conftest import build_record
+from tests.e2e.conftest import running_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cassandra, pytest.mark.slow]
+
+LEFT_BEHIND = 25
+DRAIN_TIMEOUT_SECONDS = 90
+
+
+def streamlit_answers(base_url: str) -> bool:
+    """Streamlit's own health route: it answers without touching the model or the store."""
+    with urllib.request.urlopen(f"{base_url}/_stcore/health", timeout=5) as response:
+        return response.status == 200
+
+
+def test_outbox_of_an_earlier_process_drains_at_start_without_any_request(module_keyspace, tmp_path, raw_session):
+    data_directory = tmp_path / "app-data"
+    moment = datetime.datetime.now(datetime.timezone.utc)
+    records = [
+        build_record(digit=index % 10, identifier=time_uuid(moment - datetime.timedelta(milliseconds=index)))
+        for index in range(LEFT_BEHIND)
+    ]
+    left_behind = outbox.Outbox(data_directory / "outbox.sqlite3")
+    for record in records:
+        left_behind.add(outbox.PREDICTION, record.to_json_dict())
+    assert left_behind.pending_count() == LEFT_BEHIND
+
+    with running_app(module_keyspace, data_directory, tmp_path / "streamlit.log", ready=streamlit_answers):
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        stored: list = []
+        while time.monotonic() < deadline:
+            if left_behind.pending_count() == 0:
+                # Schema and keyspace were created by the app itself, so only query once it says it is done.
+                stored = [row.id for row in raw_session.execute(
+                    f"SELECT id FROM {module_keyspace}.predictions_by_day WHERE day = %s", (moment.date(),))]
+                if len(stored) >= LEFT_BEHIND:
+                    break
+            time.sleep(0.5)
+        assert left_behind.pending_count() == 0, "the outbox was not sent although nobody visited the app"
+        assert sorted(stored) == sorted(record.id for record in records)
+    left_behind.close()
