@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
+import time
 
 import streamlit as st
 
@@ -17,13 +19,60 @@ from mnist_core import inference, settings, storage
 @st.cache_resource(show_spinner="Loading the model...")
 def recognizer_resource() -> inference.Recognizer:
     """The recognizer from settings.model_path (raises FileNotFoundError/ValueError if it cannot be loaded)."""
-    return inference.load_recognizer(settings.get_settings().model_path)
+    recognizer = inference.load_recognizer(settings.get_settings().model_path)
+    skip_collection_in_keras_clear_session()
+    return recognizer
+
+
+def skip_collection_in_keras_clear_session() -> None:
+    """Keep Streamlit's Keras reset after every rerun, without the full garbage collection it brings.
+
+    Streamlit calls ``keras.backend.clear_session()`` after each script run, for apps that
+    build models in the script; ours builds none. By default that call also runs
+    ``gc.collect()``, which under load held the GIL for 250 ms and more per rerun, a third of
+    the server's time with 20 sessions drawing. The reset itself stays.
+    """
+    import keras
+
+    original = keras.backend.clear_session
+    if getattr(original, "without_collection", False):
+        return
+
+    def clear_session(free_memory: bool = False) -> None:
+        original(free_memory=False)
+
+    clear_session.without_collection = True
+    keras.backend.clear_session = clear_session
 
 
 @st.cache_resource(show_spinner=False)
 def store_resource() -> storage.PredictionStore:
     """The process-wide prediction store (connects lazily; outages queue writes instead of raising)."""
     return storage.get_storage()
+
+
+# After the warm-up, the heap is frozen again this long after start (the pages' own first runs
+# have loaded what they need by then), and then at this interval.
+FIRST_REFREEZE_SECONDS = 60.0
+REFREEZE_INTERVAL_SECONDS = 600.0
+
+
+def _freeze_heap() -> None:
+    """Collect everything once, then exempt what survives from later collections.
+
+    Unfreezing first lets that one collection find cycles among objects frozen earlier (a
+    closed session's, say), so nothing is kept for ever; it is the only slow one in the interval.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def _refreeze_heap_forever() -> None:
+    time.sleep(FIRST_REFREEZE_SECONDS)
+    while True:
+        _freeze_heap()
+        time.sleep(REFREEZE_INTERVAL_SECONDS)
 
 
 def warm_up() -> None:
@@ -33,7 +82,8 @@ def warm_up() -> None:
     without waiting for a first visitor. The freeze is for speed: after every rerun Keras'
     ``clear_session`` (called by Streamlit) runs a full collection, which with TensorFlow,
     pandas and Altair loaded walks some 400,000 long-lived objects and holds the GIL for a
-    quarter of a second, stalling every session and the API. Frozen objects are never walked.
+    quarter of a second, stalling every session and the API. Frozen objects are never walked,
+    so those collections only see what is new; a thread freezes again now and then.
     """
     store_resource()
     try:
@@ -41,8 +91,13 @@ def warm_up() -> None:
     except (OSError, ValueError) as error:
         # The pages and /api/health say what is wrong; the store keeps working without a model.
         logging.getLogger(__name__).error("The model could not be loaded at start: %s", error)
-    gc.collect()
-    gc.freeze()
+    # What the pages load on first use must be frozen too: Altair's classes and, once a chart
+    # is validated, its Vega-Lite schema are well over 100,000 objects.
+    from dashboard import charts
+
+    charts.probabilities_chart([0.1] * 10, predicted=0).to_dict()
+    _freeze_heap()
+    threading.Thread(target=_refreeze_heap_forever, name="mnist-heap", daemon=True).start()
 
 
 def shut_down() -> None:

@@ -76,3 +76,12 @@ def test_batched_reading_equals_single_reading(recognizer, mnist):
         single = recognizer.read(image)
         assert single.digit == reading.digit
         assert single.confidence == pytest.approx(reading.confidence, abs=1e-5)
+
+
+def test_loading_the_recognizer_leaves_numpy_blas_on_one_thread(recognizer):
+    """More BLAS threads only spin between the NumPy path's tiny matrix products (a core under load)."""
+    import threadpoolctl
+
+    blas_pools = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    assert blas_pools, "NumPy's BLAS was not found"
+    assert all(pool["num_threads"] == 1 for pool in blas_pools)
