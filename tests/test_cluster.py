@@ -67,10 +67,55 @@ def three_nodes():
     try:
         for node in NODES:
             cluster_script("start", node)
-        yield [f"127.0.0.{node}" for node in NODES]
+        addresses = [f"127.0.0.{node}" for node in NODES]
+        wait_until_every_node_sees_the_whole_ring(addresses)
+        yield addresses
     finally:
         for node in NODES:
             cluster_script("stop", node)
+
+
+RING_WAIT_SECONDS = 180
+
+
+def wait_until_every_node_sees_the_whole_ring(addresses: list[str]) -> None:
+    """Each node, as coordinator, completes a write at ALL on a three-replica keyspace.
+
+    A node answers CQL before gossip has told it the others are up: the test once connected
+    right then, and the third node refused QUORUM as the only node it knew of.
+    """
+    cluster = Cluster(
+        addresses, port=NATIVE_PORT, protocol_version=5,
+        execution_profiles={
+            address: ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]),
+                                      consistency_level=ConsistencyLevel.ALL, request_timeout=10)
+            for address in addresses
+        },
+        reconnection_policy=ConstantReconnectionPolicy(delay=0.5, max_attempts=None),
+    )
+    try:
+        session = cluster.connect()
+        waiting = set(addresses)
+        deadline = time.monotonic() + RING_WAIT_SECONDS
+        while waiting:
+            for address in sorted(waiting):
+                try:
+                    session.execute("CREATE KEYSPACE IF NOT EXISTS ring_probe WITH replication = "
+                                    "{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}", execution_profile=address)
+                    session.execute("CREATE TABLE IF NOT EXISTS ring_probe.probe (node text PRIMARY KEY)",
+                                    execution_profile=address)
+                    session.execute("INSERT INTO ring_probe.probe (node) VALUES (%s)", (address,), execution_profile=address)
+                    waiting.discard(address)
+                except Exception:  # noqa: BLE001 - not ready yet, whatever the driver says
+                    pass
+            if waiting and time.monotonic() > deadline:
+                pytest.fail(f"Nodes {sorted(waiting)} did not see the whole ring within {RING_WAIT_SECONDS} s.",
+                            pytrace=False)
+            if waiting:
+                time.sleep(1.0)
+        session.execute("DROP KEYSPACE IF EXISTS ring_probe", timeout=60)
+    finally:
+        cluster.shutdown()
 
 
 def checking_session(addresses: list[str]):
