@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Entry point of every Cassandra node in compose.yaml: turns on password authentication,
-# role-based permissions and group commit log sync, then hands over to the official image's
-# own entry point. Group sync acknowledges a write only once it is fsync'd (sharing the syncs
-# of a 15 ms window); the image's default, periodic sync every 10 s, lets a killed node lose
-# writes it had already acknowledged.
+# role-based permissions and batch commit log sync, then hands over to the official image's
+# own entry point. Batch sync acknowledges a write only once it is fsync'd (together with
+# whatever arrived meanwhile); the image's default, periodic sync every 10 s, lets a killed
+# node lose writes it had already acknowledged.
 #
 # The official cassandra image has no environment variable for the authenticator or the
 # authorizer, so this edits the container's copy of cassandra.yaml: it drops the existing
@@ -33,8 +33,7 @@ cat >>"$edited" <<EOF
 $marker
 authenticator: PasswordAuthenticator
 authorizer: CassandraAuthorizer
-commitlog_sync: group
-commitlog_sync_group_window: 15ms
+commitlog_sync: batch
 EOF
 # Write in place (not mv): the file may be a bind mount.
 cat "$edited" >"$config_file"

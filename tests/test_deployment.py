@@ -693,9 +693,8 @@ def test_entrypoint_turns_on_passwords_permissions_and_synced_commits_then_runs_
     original = yaml.safe_load(SAMPLE_CASSANDRA_YAML)
     assert configuration_after["authenticator"] == "PasswordAuthenticator"
     assert configuration_after["authorizer"] == "CassandraAuthorizer"
-    # A killed node must keep what it acknowledged: group sync, and no leftover periodic setting.
-    assert configuration_after["commitlog_sync"] == "group"
-    assert configuration_after["commitlog_sync_group_window"] == "15ms"
+    # A killed node must keep what it acknowledged: batch sync, and no leftover periodic setting.
+    assert configuration_after["commitlog_sync"] == "batch"
     assert "commitlog_sync_period" not in configuration_after
     for key in ("cluster_name", "num_tokens", "role_manager", "network_authorizer", "seed_provider", "endpoint_snitch",
                 "commitlog_segment_size"):
