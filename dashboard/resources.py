@@ -79,11 +79,11 @@ def warm_up() -> None:
     """Build the store and load the model when the server starts, then take them out of the collector's sight.
 
     Building the store at start lets its writer send an outbox left by the previous process
-    without waiting for a first visitor. The freeze is for speed: after every rerun Keras'
-    ``clear_session`` (called by Streamlit) runs a full collection, which with TensorFlow,
-    pandas and Altair loaded walks some 400,000 long-lived objects and holds the GIL for a
-    quarter of a second, stalling every session and the API. Frozen objects are never walked,
-    so those collections only see what is new; a thread freezes again now and then.
+    without waiting for a first visitor. The freeze is for speed: a full collection (Python's
+    own, or one a library asks for) walks every tracked object, with TensorFlow, pandas and
+    Altair loaded some 400,000 long-lived ones, and holds the GIL for a quarter of a second,
+    stalling every session and the API. Frozen objects are never walked, so collections only
+    see what is new; a thread freezes again now and then.
     """
     store_resource()
     try:

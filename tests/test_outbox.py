@@ -1,12 +1,15 @@
-"""The SQLite outbox on its own: order, durability across reopening, and the resend window."""
+"""The SQLite outbox on its own (order, durability across reopening, the resend window) and the node watch that triggers resends."""
 
 from __future__ import annotations
 
+import threading
 import time
+import types
 
 import pytest
 
 from mnist_core.storage import outbox
+from mnist_core.storage.service import _NodeWatch
 
 
 @pytest.fixture
@@ -69,3 +72,29 @@ def test_only_entries_sent_within_the_window_are_resent_and_old_ones_are_forgott
     queue.forget_sent_before(time.time())
     assert queue.sent_count() == 0
     assert queue.resend_since(0) == 0
+
+
+def test_each_node_that_comes_back_triggers_one_resend_from_when_it_went_down():
+    wake = threading.Event()
+    watch = _NodeWatch(wake)
+    first, second = types.SimpleNamespace(endpoint="127.0.0.1:9042"), types.SimpleNamespace(endpoint="127.0.0.2:9042")
+    assert watch.take_return() is None and watch.all_up
+    watch.on_down(first)
+    time.sleep(0.01)
+    watch.on_down(second)
+    watch.on_down(first)  # the driver may report it twice: the first moment counts
+    assert not watch.all_up
+
+    watch.on_up(first)
+    assert wake.is_set()
+    first_down = watch.take_return()
+    assert first_down is not None
+    assert watch.take_return() is None, "one resend per return"
+    assert not watch.all_up, "the second node is still down: old sends must be kept"
+
+    watch.on_up(second)
+    second_down = watch.take_return()
+    assert second_down is not None and second_down > first_down
+    assert watch.all_up
+    watch.on_up(second)  # up again without having been down: nothing to resend
+    assert watch.take_return() is None

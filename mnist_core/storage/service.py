@@ -53,7 +53,7 @@ MARKER_SCAN_DAYS_AT_START = 7
 
 
 class _NodeWatch(HostStateListener):
-    """Notes when a node goes down and comes back, for the resend of writes a killed node may have lost.
+    """Notes when each node goes down and comes back, for the resend of writes a killed node may have lost.
 
     The driver calls these from its own threads, so they only set fields and wake the writer.
     """
@@ -61,37 +61,40 @@ class _NodeWatch(HostStateListener):
     def __init__(self, wake: threading.Event) -> None:
         self._wake = wake
         self._lock = threading.Lock()
-        self._down_since: float | None = None
-        self._came_back = False
+        self._down_since: dict[str, float] = {}
+        self._returned_down_since: list[float] = []
 
     def on_down(self, host) -> None:
         with self._lock:
-            if self._down_since is None:
-                self._down_since = time.time()
+            self._down_since.setdefault(str(host.endpoint), time.time())
 
     def on_up(self, host) -> None:
         with self._lock:
-            self._came_back = self._down_since is not None
+            down_since = self._down_since.pop(str(host.endpoint), None)
+            if down_since is not None:
+                self._returned_down_since.append(down_since)
         self._wake.set()
 
     def on_add(self, host) -> None:
         pass
 
     def on_remove(self, host) -> None:
-        pass
+        with self._lock:
+            self._down_since.pop(str(host.endpoint), None)
 
     def take_return(self) -> float | None:
-        """When the node that has come back went down, once per return; None if no node came back."""
+        """The earliest moment a node that has since come back went down, once; None if none came back."""
         with self._lock:
-            if not self._came_back:
+            if not self._returned_down_since:
                 return None
-            down_since, self._down_since, self._came_back = self._down_since, None, False
-            return down_since
+            earliest = min(self._returned_down_since)
+            self._returned_down_since.clear()
+            return earliest
 
     @property
-    def all_up_since_last_return(self) -> bool:
+    def all_up(self) -> bool:
         with self._lock:
-            return self._down_since is None
+            return not self._down_since and not self._returned_down_since
 
 
 class PredictionStore:
@@ -452,7 +455,7 @@ class PredictionStore:
         return repository.refresh_marked_slots(today - datetime.timedelta(days=offset) for offset in range(days))
 
     def _resend_after_node_return(self) -> None:
-        """After a node came back, queue again what it acknowledged just before going down; else forget old sends."""
+        """After a node came back, queue again what was acknowledged in the window before it went down."""
         window = self.settings.outbox_resend_window_seconds
         down_since = self._node_watch.take_return()
         if down_since is not None and window > 0:
@@ -466,7 +469,7 @@ class PredictionStore:
 
     def _forget_old_sends(self) -> None:
         """Drop acknowledged entries older than the resend window, unless a node is down and may need them."""
-        if self._node_watch.all_up_since_last_return:
+        if self._node_watch.all_up:
             self._outbox.forget_sent_before(time.time() - self.settings.outbox_resend_window_seconds)
 
     def _background_loop(self) -> None:
