@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cassandra import DriverException, OperationTimedOut, RequestExecutionException
 from cassandra.cluster import Cluster, NoHostAvailable, Session
@@ -206,19 +206,30 @@ class PredictionStore:
             raise ValueError(f"store() takes a PredictionRecord; got {type(record).__name__}.")
         if self._thread is not None:
             return self._journal(outbox.PREDICTION, record.to_json_dict())
-        # While older writes wait in the outbox, newer ones queue behind them to keep the order.
+        return self._write_through_or_queue(
+            lambda repository: self._note_slots({repository.write_prediction(record)}),
+            lambda: [(outbox.PREDICTION, record.to_json_dict())],
+        )
+
+    def _write_through_or_queue(self, write: Callable[[PredictionRepository], object],
+                                queued_entries: Callable[[], Iterable[tuple[str, dict]]]) -> StoreOutcome:
+        """Without the background writer: write to Cassandra (STORED), or queue the entries on an outage (QUEUED).
+
+        While older writes wait in the outbox, newer ones queue behind them to keep the order.
+        Errors other than an outage (PredictionNotFound, say) reach the caller and queue nothing.
+        """
         if self._outbox.pending_count() == 0:
             repository = self._repository_or_none()
             if repository is not None:
                 try:
-                    slot = repository.write_prediction(record)
+                    write(repository)
                 except UNAVAILABLE_ERRORS as error:
                     self._last_failure = f"Cassandra did not take a write: {error}"
-                    logger.warning("Queueing prediction %s in the outbox: %s", record.id, error)
+                    logger.warning("Queueing in the outbox: %s", error)
                 else:
-                    self._note_slots({slot})
                     return StoreOutcome.STORED
-        self._outbox.add(outbox.PREDICTION, record.to_json_dict())
+        for kind, payload in queued_entries():
+            self._outbox.add(kind, payload)
         self._wake.set()
         return StoreOutcome.QUEUED
 
@@ -233,20 +244,10 @@ class PredictionStore:
 
     def store_many(self, records: Sequence[PredictionRecord], *, concurrency: int = 8) -> StoreOutcome:
         """Store many predictions with concurrent requests (bulk loads, benchmarks); queued as a whole on failure."""
-        if self._outbox.pending_count() == 0:
-            repository = self._repository_or_none()
-            if repository is not None:
-                try:
-                    slots = repository.write_predictions(records, concurrency=concurrency)
-                except UNAVAILABLE_ERRORS as error:
-                    self._last_failure = f"Cassandra did not take a write: {error}"
-                else:
-                    self._note_slots(slots)
-                    return StoreOutcome.STORED
-        for record in records:
-            self._outbox.add(outbox.PREDICTION, record.to_json_dict())
-        self._wake.set()
-        return StoreOutcome.QUEUED
+        return self._write_through_or_queue(
+            lambda repository: self._note_slots(repository.write_predictions(records, concurrency=concurrency)),
+            lambda: ((outbox.PREDICTION, record.to_json_dict()) for record in records),
+        )
 
     def record_correction(self, prediction_id: uuid.UUID, true_label: int) -> StoreOutcome:
         """Record the digit the user actually wrote for a prediction; it goes the same way as predictions.
@@ -262,17 +263,10 @@ class PredictionStore:
                       "corrected_at": corrected_at.isoformat()}
         if self._thread is not None:
             return self._journal(outbox.CORRECTION, correction)
-        if self._outbox.pending_count() == 0:
-            repository = self._repository_or_none()
-            if repository is not None:
-                try:
-                    repository.write_correction(prediction_id, true_label, corrected_at=corrected_at)
-                    return StoreOutcome.STORED
-                except UNAVAILABLE_ERRORS as error:
-                    self._last_failure = f"Cassandra did not take a write: {error}"
-        self._outbox.add(outbox.CORRECTION, correction)
-        self._wake.set()
-        return StoreOutcome.QUEUED
+        return self._write_through_or_queue(
+            lambda repository: repository.write_correction(prediction_id, true_label, corrected_at=corrected_at),
+            lambda: [(outbox.CORRECTION, correction)],
+        )
 
     # Reads ------------------------------------------------------------------------------
 
