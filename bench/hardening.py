@@ -7,10 +7,10 @@ most of it Cassandra restarting); --skip-faults and --skip-fuzz leave scenarios 
 Everything it needs runs on loopback and is started and stopped here: a private Cassandra node
 (node 7 on 127.0.0.7:9042, cluster "mnist-hardening"; the shared default node 1 is never touched),
 the app (`streamlit run Home.py` on a free port, with its own keyspace and outbox directory) and a
-headless Debian Chromium driven by Playwright. Chromium and the Playwright driver run at nice 19 (and
-Chromium's own session groups at autogroup nice 19)
-and cannot raise their priority, so the load generator does not take the CPU from the app it
-measures; the API requests are sent from a child process of their own.
+headless Debian Chromium driven by Playwright. Chromium and the Playwright driver run at nice 19
+and cannot raise their priority, and Chromium's own session groups get autogroup nice 19, so the
+load generator does not take the CPU from the app it measures; the API requests are sent from a
+child process of their own.
 
 1. Load: browser sessions (one Chromium, one context each) clear the Draw page, draw an MNIST test
    digit with mouse strokes, click Predict and wait for the answer, over and over; meanwhile
@@ -111,8 +111,9 @@ RAW_RESPONSE_WAIT_SECONDS = 5.0
 # The browsers are the load generator, not the system under test: they run at this niceness.
 # Run as root, Chromium raises its compositor and IO threads to nice -8 and would take the CPU
 # from the app it is measuring on a 2-core machine; without CAP_SYS_NICE it cannot.
-# At nice 10 the twenty-odd Chromium processes together still outweighed the app (a full core
-# against half of one, measured from /proc); at 19 each weighs 15 against the app's 1024.
+# Niceness only weighs processes within one session group: Chromium's renderers sit in groups of
+# their own, so AutogroupDemoter writes the same value to those groups (nice 10 or 19 alone left
+# Chromium a full core against the app's half, measured from /proc).
 BROWSER_NICENESS = 19
 PR_CAPBSET_DROP = 24
 CAP_SYS_NICE = 23

@@ -51,10 +51,10 @@ def app_is_serving(base_url: str) -> bool:
 
 @contextlib.contextmanager
 def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.Path, *,
-                ready: Callable[[str], bool] = app_is_serving) -> Iterator[tuple[str, subprocess.Popen]]:
+                ready: Callable[[str], bool] = app_is_serving) -> Iterator[str]:
     """`streamlit run Home.py` on a free port with this keyspace and outbox directory, until ``ready(base_url)``.
 
-    Yields the base URL and the process; stops it with SIGTERM (SIGKILL after a grace period).
+    Yields the base URL; stops the server with SIGTERM (SIGKILL after a grace period).
     """
     if not SHIPPED_MODEL_PATH.is_file():
         pytest.fail(f"The app tests need the trained model at {SHIPPED_MODEL_PATH}.", pytrace=False)
@@ -90,7 +90,7 @@ def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.P
                 pytest.fail(f"The app did not answer within {SERVER_START_TIMEOUT_SECONDS} s:\n{log_path.read_text()[-4000:]}",
                             pytrace=False)
             time.sleep(0.5)
-        yield base_url, server
+        yield base_url
     finally:
         server.terminate()
         try:
@@ -104,7 +104,7 @@ def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.P
 def app_server(module_keyspace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The dashboard and its API served by `streamlit run Home.py`; yields the base URL once /api/health answers."""
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
-    with running_app(module_keyspace, tmp_path_factory.mktemp("app-data"), log_path) as (base_url, _server):
+    with running_app(module_keyspace, tmp_path_factory.mktemp("app-data"), log_path) as base_url:
         yield base_url
 
 
