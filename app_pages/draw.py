@@ -33,7 +33,7 @@ def init_state() -> None:
     defaults = {
         "draw_canvas_generation": 0,  # bumped by Clear: a new canvas key empties the canvas
         "draw_result": None,  # the last StoredReading shown
-        "draw_message": None,  # "blank" when the last Predict found nothing drawn
+        "draw_message": None,  # "blank" (nothing drawn) or "not_a_digit" for the last Predict
         "draw_predicted_signature": None,  # hash of the canvas picture last read
         "draw_pending_since": None,  # monotonic time of a Predict click still waiting for a picture
         "draw_upload_handled": None,  # file id of the last upload read
@@ -99,9 +99,9 @@ def read_and_store(image, *, source: str) -> None:
     result = readings.predict_and_store(
         image, source=source, recognizer=resources.recognizer_resource(), store=resources.store_resource()
     )
-    if result.reading.is_blank:
+    if not result.reading.has_digits:
         st.session_state.draw_result = None
-        st.session_state.draw_message = "blank"
+        st.session_state.draw_message = "not_a_digit" if result.reading.is_not_a_digit else "blank"
         return
     st.session_state.draw_result = result
     st.session_state.draw_message = None
@@ -245,6 +245,10 @@ with drawing_column:
 with answer_column:
     if st.session_state.draw_message == "blank":
         st.info("Draw a digit first.", icon=":material/draw:")
+    elif st.session_state.draw_message == "not_a_digit":
+        st.metric("Prediction", "Not a digit", border=True)
+        st.warning("That does not look like a digit, so nothing was saved. Clear the canvas and draw "
+                   "one digit (0-9) or a number.", icon=":material/block:")
     elif st.session_state.draw_result is not None:
         result_ui(st.session_state.draw_result, threshold=app_settings.confidence_threshold)
     else:

@@ -135,7 +135,8 @@ if choice is None:
 start, end, timezone, granularity = choice
 try:
     summary = load_summary(keyspace=app_settings.cassandra_keyspace, start=start, end=end, timezone=timezone)
-except storage.StorageUnavailable as error:
+except storage.StorageError as error:
+    # Unreachable, hung, wrong credentials, a schema that cannot be applied: each has its sentence.
     st.error(f"The history cannot be read right now. {error}", icon=":material/cloud_off:")
     st.stop()
 except ValueError as error:

@@ -13,12 +13,33 @@ from dashboard import charts, resources
 def facts_ui(card: dict) -> None:
     accuracy, parameters, errors, training = st.columns(4)
     test_accuracy = card.get("test_accuracy")
-    accuracy.metric("MNIST test accuracy", "–" if test_accuracy is None else f"{test_accuracy:.2%}", border=True)
+    accuracy.metric("MNIST test accuracy (through the app)", "–" if test_accuracy is None else f"{test_accuracy:.2%}",
+                    border=True)
     parameters.metric("Parameters", f"{card.get('parameter_count', 0):,}", border=True)
     if "test_errors" in card:
         errors.metric(f"Test errors (of {card.get('test_examples', 0):,})", f"{card['test_errors']:,}", border=True)
     if "training_seconds" in card:
         training.metric("Training time", f"{card['training_seconds'] / 60:.1f} min", border=True)
+
+
+def real_handwriting_ui(card: dict) -> None:
+    """Figures on material the model never trained on: real pen-drawn digits, numbers, non-digits."""
+    figures = card.get("real_handwriting")
+    if not figures:
+        st.caption("No real-handwriting figures in this card yet (`python -m bench.drawn_digits --write-card`).")
+        return
+    fit, box, numbers, refused = st.columns(4)
+    fit.metric("Real pen digits, filling the canvas", f"{figures['dev_fit_accuracy']:.2%}", border=True)
+    box.metric("Real pen digits, writer's own size", f"{figures['dev_box_accuracy']:.2%}", border=True)
+    numbers.metric("Numbers of 2-4 digits read exactly", f"{figures['numbers_2_to_4_exact']:.1%}", border=True)
+    refused.metric("Scribbles shown as a sure digit", f"{figures['scribbles_shown_as_digit']:.1%}", border=True)
+    st.caption(
+        f"{figures['dev_digits']:,} digits from {figures['dev_writers']} writers outside MNIST, drawn on the "
+        f"280×280 canvas with an 18 px pen; numbers composed from the same writers' digits (touching, "
+        f"slanted, overlapping); scribbles, letters and doodles generated with a seed "
+        f"(letters {figures['letters_shown_as_digit']:.1%}, doodles {figures['doodles_shown_as_digit']:.1%} "
+        f"shown as a digit with ≥ 60% confidence). Reproduce with `{figures['reproduce']}`."
+    )
 
 
 def training_setup_ui(card: dict) -> None:
@@ -48,6 +69,8 @@ if not card:
 
 st.caption(f"Model version `{recognizer.model_version}`")
 facts_ui(card)
+st.subheader("Real handwriting")
+real_handwriting_ui(card)
 setup_column, classes_column = st.columns(2)
 with setup_column:
     st.subheader("Architecture and training")

@@ -3,7 +3,8 @@
 Prints one JSON object per file, one per line, in the order given. Other tools parse this
 output, so its keys are a contract: file, digit, confidence, probabilities, and number
 when several digits were read; error (a sentence) when a file could not be read, in which
-case the exit code is 1 after every file has been handled.
+case the exit code is 1 after every file has been handled. `digit` is null when no digit
+was read: nothing drawn, or a drawing that is not a digit (`not_a_digit` is then true).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ BATCH_SIZE = 256
 def reading_as_json(file_name: str, reading) -> dict:
     row = {"file": file_name, "digit": reading.digit,
            "confidence": round(reading.confidence, 6),
-           "probabilities": [round(value, 6) for value in reading.probabilities]}
+           "probabilities": [round(value, 6) for value in reading.probabilities],
+           "not_a_digit": reading.is_not_a_digit}
     if reading.is_blank:
         row["message"] = "Nothing is drawn in this image."
+    elif reading.is_not_a_digit:
+        row["message"] = "This does not look like a digit."
+        row["not_a_digit_probability"] = round(reading.not_a_digit_probability, 6)
     if reading.number is not None:
         row["number"] = reading.number
         row["number_confidence"] = round(reading.overall_confidence, 6)
@@ -33,18 +38,19 @@ def reading_as_json(file_name: str, reading) -> dict:
 
 def predict_files(files: list[str], recognizer, output=sys.stdout) -> int:
     """Read the files in batches, writing each row as soon as its batch is done."""
-    from mnist_core.preprocess import ImageDecodeError, preprocess
+    from mnist_core.preprocess import ImageDecodeError
+    from mnist_core.segmentation import segment
 
     failures = 0
     for start in range(0, len(files), BATCH_SIZE):
         batch = files[start:start + BATCH_SIZE]
-        prepared, errors = [], {}
+        segmented, errors = [], {}
         for position, file_name in enumerate(batch):
             try:
-                prepared.append(preprocess(Path(file_name)))
+                segmented.append(segment(Path(file_name)))
             except ImageDecodeError as error:
                 errors[position] = str(error)
-        readings = iter(recognizer.read_prepared(prepared))
+        readings = iter(recognizer.read_segmented(segmented))
         for position, file_name in enumerate(batch):
             if position in errors:
                 failures += 1

@@ -16,10 +16,16 @@ from pathlib import Path
 import numpy as np
 import threadpoolctl
 
-from mnist_core.preprocess import DigitBox, PreprocessedImage, preprocess
+from mnist_core.preprocess import DigitBox
+from mnist_core.segmentation import Segmentation, segment
 
-# Up to this many digits at once the NumPy path wins; above it TensorFlow's batching does.
-NUMPY_BATCH_LIMIT = 8
+# Up to this many images at once the NumPy path wins; above it TensorFlow's batching does.
+# A drawn number has a few dozen candidate digits (see segmentation).
+NUMPY_BATCH_LIMIT = 48
+# The shipped model's eleventh output; a ten-output model (the baseline) never refuses.
+NOT_A_DIGIT = 10
+# Probabilities are never exactly 0 in the log.
+LOG_FLOOR = 1e-9
 TENSORFLOW_BATCH_SIZE = 512
 
 
@@ -38,14 +44,24 @@ class Reading:
     model_inputs: np.ndarray
     boxes: tuple[DigitBox, ...]
     latency_ms: float
+    # Ink was drawn, but it is not a digit (a scribble, a letter, a doodle): no digits.
+    is_not_a_digit: bool = False
+    # How sure the model is that it is not a digit (the eleventh output; 0 for the baseline).
+    not_a_digit_probability: float = 0.0
 
     @property
     def is_blank(self) -> bool:
-        return not self.digits
+        """Nothing is drawn (no ink, or only specks and dots)."""
+        return not self.digits and not self.is_not_a_digit
+
+    @property
+    def has_digits(self) -> bool:
+        """At least one digit was read: the only readings that are stored."""
+        return bool(self.digits)
 
     @property
     def digit(self) -> int | None:
-        """The digit, or for a number its first digit; None when nothing is drawn."""
+        """The digit, or for a number its first digit; None when no digit was read."""
         return self.digits[0].digit if self.digits else None
 
     @property
@@ -183,10 +199,12 @@ class _NumpyNetwork:
 class Recognizer:
     """A loaded model with its version; thread-safe for reading."""
 
-    def __init__(self, network, *, model_version: str = "unknown", model_card: dict | None = None):
+    def __init__(self, network, *, model_version: str = "unknown", model_card: dict | None = None,
+                 model_path: Path | None = None):
         import tensorflow as tf
 
         self.network = network
+        self.model_path = model_path
         self.model_version = model_version
         self.model_card = model_card or {}
         self._batched = tf.function(
@@ -216,7 +234,7 @@ class Recognizer:
         card_path = path.with_suffix(".card.json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
         return cls(load_model(path), model_version=card.get("model_version", path.stem),
-                   model_card=card)
+                   model_card=card, model_path=path)
 
     @property
     def uses_fast_path(self) -> bool:
@@ -238,33 +256,65 @@ class Recognizer:
 
     @staticmethod
     def _readings(probabilities: np.ndarray) -> tuple[DigitReading, ...]:
-        return tuple(DigitReading(digit=int(row.argmax()), confidence=float(row.max()),
-                                  probabilities=tuple(float(value) for value in row))
+        return tuple(DigitReading(digit=int(row[:NOT_A_DIGIT].argmax()),
+                                  confidence=float(row[:NOT_A_DIGIT].max()),
+                                  probabilities=tuple(float(value) for value in row[:NOT_A_DIGIT]))
                      for row in probabilities)
 
     def read(self, image) -> Reading:
         """Read one picture (canvas RGBA array, any image array, PIL image, bytes or path)."""
         started = time.perf_counter()
-        prepared = preprocess(image)
-        readings = self._readings(self.probabilities(prepared.digits))
-        return Reading(digits=readings, model_inputs=prepared.digits, boxes=prepared.boxes,
-                       latency_ms=(time.perf_counter() - started) * 1000)
+        segmentation = segment(image)
+        reading = self.read_segmented([segmentation])[0]
+        return dataclasses.replace(reading, latency_ms=(time.perf_counter() - started) * 1000)
 
-    def read_prepared(self, prepared: list[PreprocessedImage]) -> list[Reading]:
-        """Read many preprocessed pictures with one batched model call."""
+    def read_segmented(self, segmentations: list[Segmentation]) -> list[Reading]:
+        """Read many segmented pictures with one model call over all their candidates.
+
+        The model scores every candidate digit; each picture's reading is the grouping its
+        segmentation finds likeliest. If most digits of that grouping are more
+        likely "not a digit" than any digit, the picture is not a digit (a scribble, a letter).
+        """
         started = time.perf_counter()
-        counts = [item.digit_count for item in prepared]
-        stacked = [item.digits for item in prepared if item.digit_count]
+        stacked = [item.candidates for item in segmentations if len(item.candidates)]
         all_probabilities = self.probabilities(np.concatenate(stacked)) if stacked else (
             np.zeros((0, 10), np.float32))
-        per_picture_ms = (time.perf_counter() - started) * 1000 / max(len(prepared), 1)
+        per_picture_ms = (time.perf_counter() - started) * 1000 / max(len(segmentations), 1)
         readings, position = [], 0
-        for item, count in zip(prepared, counts):
-            readings.append(Reading(
-                digits=self._readings(all_probabilities[position:position + count]),
-                model_inputs=item.digits, boxes=item.boxes, latency_ms=per_picture_ms))
-            position += count
+        for item in segmentations:
+            probabilities = all_probabilities[position:position + len(item.candidates)]
+            position += len(item.candidates)
+            readings.append(self._reading(item, probabilities, per_picture_ms))
         return readings
+
+    @classmethod
+    def _reading(cls, segmentation: Segmentation, probabilities: np.ndarray,
+                 latency_ms: float) -> Reading:
+        empty = np.zeros((0, 28, 28), np.float32)
+        if segmentation.is_blank:
+            return Reading(digits=(), model_inputs=empty, boxes=(), latency_ms=latency_ms)
+        digit_probability = probabilities[:, :NOT_A_DIGIT].max(axis=1)
+        chosen = segmentation.choose(np.log(np.maximum(digit_probability, LOG_FLOOR)))
+        if not chosen:
+            return Reading(digits=(), model_inputs=empty, boxes=(), latency_ms=latency_ms)
+        chosen_probabilities = probabilities[chosen]
+        inputs = segmentation.candidates[chosen]
+        boxes = tuple(segmentation.boxes[index] for index in chosen)
+        if chosen_probabilities.shape[1] > NOT_A_DIGIT:
+            refusal = chosen_probabilities[:, NOT_A_DIGIT]
+            # A number with one doubtful digit is still a number (shown with a low confidence);
+            # a drawing whose digits are mostly "not a digit" is not one.
+            refused = refusal > chosen_probabilities[:, :NOT_A_DIGIT].max(axis=1)
+            if refused.sum() * 2 > len(refused):
+                return Reading(digits=(), model_inputs=inputs, boxes=boxes,
+                               latency_ms=latency_ms, is_not_a_digit=True,
+                               not_a_digit_probability=float(refusal.max()))
+            not_a_digit_probability = float(refusal.max())
+        else:
+            not_a_digit_probability = 0.0
+        return Reading(digits=cls._readings(chosen_probabilities), model_inputs=inputs,
+                       boxes=boxes, latency_ms=latency_ms,
+                       not_a_digit_probability=not_a_digit_probability)
 
 
 def limit_blas_to_one_thread() -> None:

@@ -245,62 +245,6 @@ def _stretch(ink: np.ndarray, *, background_level: float) -> np.ndarray:
     return np.clip((ink - floor) / (peak - floor), 0.0, 1.0).astype(np.float32)
 
 
-def _digit_groups(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[slice, slice]]]:
-    """Join pieces of ink that share columns into digits, ordered left to right.
-
-    Returns each digit's own mask within its bounding box, and that box.
-    """
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        return []
-    boxes = ndimage.find_objects(labels)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    groups: list[dict] = []
-    for index in sorted(range(count), key=lambda index: boxes[index][1].start):
-        rows, columns = boxes[index]
-        if groups:
-            last = groups[-1]
-            overlap = min(columns.stop, last["right"]) - max(columns.start, last["left"])
-            narrower = min(columns.stop - columns.start, last["right"] - last["left"])
-            row_overlap = min(rows.stop, last["bottom"]) - max(rows.start, last["top"])
-            shorter = min(rows.stop - rows.start, last["bottom"] - last["top"])
-            # Same digit: the pieces share most columns, or share some columns with one
-            # piece above the other (the lifted-pen top bar of a 5 or a 7).
-            if overlap >= 0.5 * narrower or (overlap > 0 and row_overlap <= 0.5 * shorter):
-                last["labels"].append(index + 1)
-                last["left"] = min(columns.start, last["left"])
-                last["right"] = max(columns.stop, last["right"])
-                last["top"] = min(rows.start, last["top"])
-                last["bottom"] = max(rows.stop, last["bottom"])
-                last["area"] += areas[index]
-                continue
-        groups.append({"labels": [index + 1], "left": columns.start, "right": columns.stop,
-                       "top": rows.start, "bottom": rows.stop, "area": areas[index]})
-    # Drop specks: pieces far smaller than the largest digit.
-    largest = max(group["area"] for group in groups)
-    result = []
-    for group in groups:
-        if group["area"] < 0.04 * largest:
-            continue
-        box = (slice(group["top"], group["bottom"]), slice(group["left"], group["right"]))
-        result.append((np.isin(labels[box], group["labels"]), box))
-    return result
-
-
-def _is_dot(group_mask: np.ndarray) -> bool:
-    """A mark barely longer than the pen is wide is a dot or a tap, not a digit.
-
-    The pen width comes from area / half the perimeter, exact for a long stroke.
-    """
-    area = float(group_mask.sum())
-    padded = np.pad(group_mask, 1)
-    interior = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
-                & padded[1:-1, :-2] & padded[1:-1, 2:])
-    perimeter = area - float(interior.sum())
-    pen_width = area / max(perimeter / 2.0, 1.0)
-    return max(group_mask.shape) < 2.5 * pen_width
-
-
 def normalise_digit(ink: np.ndarray) -> np.ndarray:
     """Crop, fit into 20x20 keeping the aspect ratio, and centre the mass in 28x28."""
     # The box is taken where the ink is clear, so faint fringes (JPEG ringing, blur) do
@@ -331,43 +275,17 @@ def normalise_digit(ink: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image) -> PreprocessedImage:
-    """Model inputs for every digit in `image` (array, PIL image, bytes or path)."""
-    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        image = load_image(image)
-    if isinstance(image, Image.Image):
-        original_height = image.size[1]
-    else:
-        image = np.asarray(image)
-        original_height = image.shape[0] if image.ndim >= 2 else 0
-    ink = ink_map(image)
-    scale_back = original_height / ink.shape[0]
-    mask = ink >= INK_MASK_LEVEL
-    digits, boxes = [], []
-    ink_rows, ink_columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if ink_rows.size == 0:
+    """Model inputs for every digit in `image` (array, PIL image, bytes or path).
+
+    Without a model to judge the candidates, pieces are grouped into as few digits as their
+    shapes allow (see `segmentation`); `Recognizer.read` lets the model choose instead.
+    """
+    from mnist_core.segmentation import segment
+
+    segmentation = segment(image)
+    chosen = segmentation.choose()
+    if not chosen:
         return PreprocessedImage(digits=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
                                  boxes=())
-    # Work inside the ink's bounding box (plus the fringe): labelling is the costly step.
-    offset_row, offset_column = max(ink_rows[0] - 2, 0), max(ink_columns[0] - 2, 0)
-    ink = ink[offset_row:ink_rows[-1] + 3, offset_column:ink_columns[-1] + 3]
-    mask = mask[offset_row:ink_rows[-1] + 3, offset_column:ink_columns[-1] + 3]
-    for group_mask, (rows, columns) in _digit_groups(mask)[:MAX_DIGITS]:
-        if _is_dot(group_mask):
-            continue
-        # Widen the box by the anti-aliased fringe, and blank out neighbouring digits' ink.
-        top, left = max(rows.start - 2, 0), max(columns.start - 2, 0)
-        bottom, right = rows.stop + 2, columns.stop + 2
-        own = np.zeros(mask[top:bottom, left:right].shape, dtype=bool)
-        own[rows.start - top:rows.stop - top, columns.start - left:columns.stop - left] = group_mask
-        others = mask[top:bottom, left:right] & ~own
-        if others.any():
-            others = ndimage.binary_dilation(others, iterations=2) & ~own
-        digit_ink = np.where(others, 0.0, ink[top:bottom, left:right])
-        digits.append(normalise_digit(digit_ink))
-        boxes.append(DigitBox(left=int((columns.start + offset_column) * scale_back),
-                              top=int((rows.start + offset_row) * scale_back),
-                              right=int((columns.stop + offset_column) * scale_back),
-                              bottom=int((rows.stop + offset_row) * scale_back)))
-    stacked = (np.stack(digits) if digits
-               else np.zeros((0, MODEL_SIDE, MODEL_SIDE), dtype=np.float32))
-    return PreprocessedImage(digits=stacked.astype(np.float32), boxes=tuple(boxes))
+    return PreprocessedImage(digits=segmentation.candidates[chosen],
+                             boxes=tuple(segmentation.boxes[index] for index in chosen))

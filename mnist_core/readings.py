@@ -34,7 +34,8 @@ class StoredReading(typing.NamedTuple):
 
 
 def predict_and_store(image, *, source: str, recognizer: Recognizer, store: PredictionStore) -> StoredReading:
-    """Read a picture and store the prediction; a blank picture is answered and nothing is stored.
+    """Read a picture and store the prediction; a blank picture or one that is not a digit
+    is answered and nothing is stored.
 
     ``image`` is anything :meth:`Recognizer.read` takes (canvas RGBA array, bytes, PIL image,
     path). Raises ImageDecodeError (a ValueError with a sentence) for unreadable images and
@@ -43,16 +44,16 @@ def predict_and_store(image, *, source: str, recognizer: Recognizer, store: Pred
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}.")
     reading = recognizer.read(image)
-    if reading.is_blank:
+    if not reading.has_digits:
         return StoredReading(reading=reading, record=None, outcome=None)
     record = record_for_reading(reading, source=source, model_version=recognizer.model_version)
     return StoredReading(reading=reading, record=record, outcome=store.store(record))
 
 
 def record_for_reading(reading: Reading, *, source: str, model_version: str) -> PredictionRecord:
-    """The record stored for a non-blank reading: its first digit's probabilities and 28x28 input, and the number."""
-    if reading.is_blank:
-        raise ValueError("A blank reading has no digit to store.")
+    """The record stored for a reading with digits: its first digit's probabilities and 28x28 input, and the number."""
+    if not reading.has_digits:
+        raise ValueError("A reading without digits has nothing to store.")
     return PredictionRecord.new(
         digit=reading.digit,
         confidence=reading.confidence,
@@ -67,14 +68,14 @@ def record_for_reading(reading: Reading, *, source: str, model_version: str) -> 
 
 def answer_text(reading: Reading) -> str:
     """What the "Prediction" metric shows: the digit or the whole number first, then how sure the model is."""
-    if reading.is_blank:
-        raise ValueError("A blank reading has no answer to show.")
+    if not reading.has_digits:
+        raise ValueError("A reading without digits has no answer to show.")
     return f"{reading.number or reading.digit} ({reading.overall_confidence:.0%} sure)"
 
 
 def is_unsure(reading: Reading, threshold: float) -> bool:
     """True when the model's confidence in the whole answer is below the threshold (the "not sure" state)."""
-    return not reading.is_blank and reading.overall_confidence < threshold
+    return reading.has_digits and reading.overall_confidence < threshold
 
 
 # History figures --------------------------------------------------------------------------
@@ -123,19 +124,17 @@ def records_in_range(
 ) -> tuple[list[PredictionRecord], bool]:
     """Predictions made on local days start..end (newest first), at most ``limit``; and whether more exist.
 
-    Storage reads whole UTC days newest first, so this looks back from today far enough to
-    cover ``start`` in any zone and keeps the records whose local day is in the range.
+    Read from the range itself (its first local midnight to the one after its last day), so a
+    past range shows its own predictions however many were made since.
     """
     if end < start:
         raise ValueError(f"The range ends ({end}) before it starts ({start}).")
     zone = _zone(timezone)
-    today_utc = datetime.datetime.now(datetime.timezone.utc).date()
-    max_days = max(1, (today_utc - start).days + 2)
+    since = datetime.datetime.combine(start, datetime.time.min, tzinfo=zone)
+    until = datetime.datetime.combine(end + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
     # Read one more than asked so a full page tells us there is more.
-    fetched = store.latest(limit + 1, max_days=max_days)
-    in_range = [record for record in fetched if start <= record.created_at.astimezone(zone).date() <= end]
-    truncated = len(fetched) > limit and len(in_range) > limit
-    return in_range[:limit], truncated
+    fetched = store.records_between(since=since, until=until, limit=limit + 1)
+    return fetched[:limit], len(fetched) > limit
 
 
 def history_summary(

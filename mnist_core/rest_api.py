@@ -28,7 +28,7 @@ from starlette.routing import Route
 from mnist_core import readings, settings
 from mnist_core.inference import Recognizer
 from mnist_core.preprocess import ImageDecodeError
-from mnist_core.storage import PredictionStore, StorageUnavailable
+from mnist_core.storage import PredictionStore, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,22 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
     return body
 
 
+# Dates outside these years cannot be turned into UTC instants in every zone (year 1 in Tokyo
+# starts in year 0 UTC), and no reading is stored there anyway.
+EARLIEST_DATE = datetime.date(1970, 1, 1)
+LATEST_DATE = datetime.date(9998, 12, 31)
+
+
 def _parse_date(text: str | None, *, name: str, default: datetime.date) -> datetime.date:
     if text is None or text == "":
         return default
     try:
-        return datetime.date.fromisoformat(text)
+        value = datetime.date.fromisoformat(text)
     except ValueError:
         raise RequestProblem(400, f"{name}={text!r} is not a date; use YYYY-MM-DD.") from None
+    if not EARLIEST_DATE <= value <= LATEST_DATE:
+        raise RequestProblem(400, f"{name}={text} is out of range; use a date from {EARLIEST_DATE} to {LATEST_DATE}.")
+    return value
 
 
 def create_routes(
@@ -168,6 +177,12 @@ def create_routes(
         except ImageDecodeError as error:
             return _problem_response(RequestProblem(415, str(error)))
         reading = result.reading
+        if reading.is_not_a_digit:
+            return JSONResponse({"error": "This does not look like a digit (a scribble, a letter or a "
+                                          "drawing?); nothing was stored.",
+                                 "digit": None, "not_a_digit": True,
+                                 "not_a_digit_probability": round(reading.not_a_digit_probability, 6)},
+                                status_code=422)
         if reading.is_blank:
             return _problem_response(RequestProblem(422, "No digit was found in the image; nothing was stored."))
         return JSONResponse(
@@ -227,7 +242,7 @@ def create_routes(
             body = await run_in_threadpool(readings.digit_counts, get_store(), start=start, end=end, timezone=timezone)
         except RequestProblem as problem:
             return _problem_response(problem)
-        except StorageUnavailable as error:
+        except StorageError as error:
             return JSONResponse({"error": str(error)}, status_code=503)
         return JSONResponse(body)
 

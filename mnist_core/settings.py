@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import pathlib
 import re
@@ -21,8 +22,8 @@ from collections.abc import Mapping
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENVIRONMENT_PREFIX = "MNIST_"
 
+# ANY is left out: the same level serves reads, and Cassandra cannot read at ANY.
 CONSISTENCY_LEVEL_NAMES = (
-    "ANY",
     "ONE",
     "TWO",
     "THREE",
@@ -174,6 +175,9 @@ def _number(mapping: Mapping[str, str], name: str, default: float, *, minimum: f
         number = float(value)
     except ValueError:
         raise ValueError(f"{ENVIRONMENT_PREFIX}{name}={value!r} must be a number.") from None
+    if not math.isfinite(number):
+        # inf stops the writer's timer for good and nan makes every comparison false.
+        raise ValueError(f"{ENVIRONMENT_PREFIX}{name}={value!r} must be a finite number.")
     if number < minimum or (maximum is not None and number > maximum):
         bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         raise ValueError(f"{ENVIRONMENT_PREFIX}{name}={number} must be {bounds}.")

@@ -68,10 +68,10 @@ def test_blank_canvas_reads_as_nothing(recognizer):
 
 
 def test_batched_reading_equals_single_reading(recognizer, mnist):
-    from mnist_core.preprocess import preprocess
+    from mnist_core.segmentation import segment
 
     images = [mnist.test_images[index] for index in range(20)]
-    batched = recognizer.read_prepared([preprocess(image) for image in images])
+    batched = recognizer.read_segmented([segment(image) for image in images])
     for image, reading in zip(images, batched):
         single = recognizer.read(image)
         assert single.digit == reading.digit

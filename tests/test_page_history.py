@@ -31,6 +31,19 @@ def test_history_starts_with_a_friendly_empty_state(app_settings):
     assert not app.metric
 
 
+def test_history_with_an_unresolvable_host_says_so_without_a_traceback(app_settings, monkeypatch):
+    from tests.conftest import _forget_process_storage
+
+    monkeypatch.setenv("MNIST_CASSANDRA_CONTACT_POINTS", "cassandra-stopped.invalid")
+    monkeypatch.setenv("MNIST_CASSANDRA_CONNECT_ATTEMPTS", "1")
+    _forget_process_storage()
+    app = history_page()
+    errors = [element.value for element in app.error]
+    assert any("cannot be read right now" in text and "'cassandra-stopped.invalid'" in text
+               for text in errors), errors
+    assert not app.exception
+
+
 def test_history_shows_counts_charts_feedback_and_the_table(app_settings):
     from mnist_core.storage import PredictionStore
 

@@ -142,6 +142,27 @@ def test_records_in_range_says_when_it_was_cut(make_record, store):
     assert [record.created_at for record in records] == sorted((record.created_at for record in records), reverse=True)
 
 
+def test_a_past_range_shows_its_own_records_under_6000_newer_ones(make_record, store):
+    """Once the newest 5,001 rows counting back from today, filtered: a past range showed none."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    past_day = (now - datetime.timedelta(days=3)).date()
+    noon = datetime.datetime.combine(past_day, datetime.time(12), tzinfo=datetime.timezone.utc)
+    past = [make_record(digit=7, created_at=noon + datetime.timedelta(minutes=minute),
+                        identifier=time_uuid(noon + datetime.timedelta(minutes=minute)))
+            for minute in range(4)]
+    store.store_many(past)
+    newer = [make_record(digit=1, created_at=now - datetime.timedelta(milliseconds=10 * index))
+             for index in range(6000)]
+    store.store_many(newer, concurrency=32)
+
+    records, truncated = readings.records_in_range(store, start=past_day, end=past_day, timezone="UTC")
+    assert [record.id for record in records] == [record.id for record in reversed(past)]
+    assert not truncated
+    summary = readings.history_summary(store, start=past_day, end=past_day, timezone="UTC")
+    assert len(summary.records) == 4 and summary.mean_confidence == pytest.approx(
+        sum(record.confidence for record in past) / 4)
+
+
 def test_a_reversed_range_or_unknown_zone_is_a_value_error(store):
     today = datetime.date.today()
     with pytest.raises(ValueError, match="before it starts"):

@@ -84,6 +84,20 @@ def test_a_blank_image_is_422_and_stores_nothing(client, store):
     assert len(store.latest(200)) == before
 
 
+def test_a_letter_is_422_not_a_digit_and_stores_nothing(client, store):
+    from evaluation.non_digits import draw_letter
+
+    before = len(store.latest(200))
+    # A capital H, the kind of thing a person writes to see what happens.
+    picture = draw_letter("H", np.random.default_rng(4))
+    response = client.post("/api/predict", content=png_bytes(255 - picture[..., 3]))
+    assert response.status_code == 422, response.text
+    answer = response.json()
+    assert answer["not_a_digit"] is True and answer["digit"] is None
+    assert "not look like a digit" in answer["error"] and answer["not_a_digit_probability"] > 0.5
+    assert len(store.latest(200)) == before
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [(b"", 400), (b"this is not an image", 415), (b"\x89PNG\r\n\x1a\n" + bytes(SMALL_BODY_LIMIT), 413)],
@@ -133,8 +147,11 @@ def test_stats_count_what_was_predicted(client, digit_png, store):
 
 @pytest.mark.parametrize(
     "params",
-    [{"from": "2026-13-01"}, {"from": "2026-05-02", "to": "2026-05-01"}, {"tz": "Nowhere/Land"}, {"from": "2020-01-01", "to": "2026-01-01"}],
-    ids=["bad-date", "reversed", "bad-zone", "too-long"],
+    [{"from": "2026-13-01"}, {"from": "2026-05-02", "to": "2026-05-01"}, {"tz": "Nowhere/Land"},
+     {"from": "2020-01-01", "to": "2026-01-01"},
+     # Year 1 in Tokyo begins before year 1 in UTC: once an OverflowError and a 500.
+     {"from": "0001-01-01", "to": "0001-01-02", "tz": "Asia/Tokyo"}],
+    ids=["bad-date", "reversed", "bad-zone", "too-long", "out-of-range"],
 )
 def test_stats_refuse_bad_queries(client, params):
     response = client.get("/api/stats", params=params)

@@ -94,6 +94,13 @@ def test_replication_forms(text: str, expected_map: str) -> None:
         ("MNIST_CONFIDENCE_THRESHOLD", "1.5", "MNIST_CONFIDENCE_THRESHOLD"),
         ("MNIST_CASSANDRA_TLS_CA_FILE", "/no/such/ca.pem", "MNIST_CASSANDRA_TLS_CA_FILE"),
         ("MNIST_CASSANDRA_TLS_VERIFY_HOSTNAME", "perhaps", "MNIST_CASSANDRA_TLS_VERIFY_HOSTNAME"),
+        # Values that would break the app silently: a writer that never wakes, or spins.
+        ("MNIST_OUTBOX_FLUSH_INTERVAL", "inf", "MNIST_OUTBOX_FLUSH_INTERVAL='inf' must be a finite number"),
+        ("MNIST_OUTBOX_FLUSH_INTERVAL", "nan", "finite"),
+        ("MNIST_CONFIDENCE_THRESHOLD", "nan", "MNIST_CONFIDENCE_THRESHOLD"),
+        ("MNIST_CASSANDRA_REQUEST_TIMEOUT", "-inf", "finite"),
+        # Reads use the same level, and Cassandra cannot read at ANY.
+        ("MNIST_CASSANDRA_CONSISTENCY", "ANY", "MNIST_CASSANDRA_CONSISTENCY"),
     ],
 )
 def test_invalid_values_fail_with_the_variable_name(variable: str, value: str, message_part: str) -> None:

@@ -8,11 +8,12 @@ and every failure leaves as a project exception whose message tells the user wha
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
 
-from cassandra import AuthenticationFailed, ConsistencyLevel, OperationTimedOut
+from cassandra import AuthenticationFailed, ConsistencyLevel, DriverException, OperationTimedOut, UnresolvableContactPoints
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import (
@@ -101,6 +102,34 @@ def build_cluster(settings: Settings) -> Cluster:
     )
 
 
+def unresolvable_hosts(settings: Settings) -> list[str]:
+    """The contact points whose names do not resolve (what a stopped compose service leaves)."""
+    missing = []
+    for host in settings.cassandra_contact_points:
+        try:
+            socket.getaddrinfo(host, settings.cassandra_port)
+        except (socket.gaierror, UnicodeError):
+            missing.append(host)
+    return missing
+
+
+def _unresolvable(settings: Settings, error: Exception) -> StorageUnavailable:
+    hosts = unresolvable_hosts(settings) or list(settings.cassandra_contact_points)
+    names = ", ".join(f"'{host}'" for host in hosts)
+    return StorageUnavailable(
+        f"Cannot resolve the Cassandra host name {names}: no such host is known here (is the "
+        "Cassandra service stopped, or MNIST_CASSANDRA_CONTACT_POINTS misspelt?)."
+    )
+
+
+def _credentials_rejected(settings: Settings) -> StorageAuthenticationError:
+    return StorageAuthenticationError(
+        f"Cassandra at {describe_hosts(settings)} rejected the username "
+        f"'{settings.cassandra_username}' or its password. Check MNIST_CASSANDRA_USERNAME and "
+        "MNIST_CASSANDRA_PASSWORD (or the Streamlit secrets)."
+    )
+
+
 def _authentication_failure(error: NoHostAvailable) -> Exception | None:
     for host_error in (error.errors or {}).values():
         if isinstance(host_error, AuthenticationFailed):
@@ -129,33 +158,35 @@ def connect(
     started = time.monotonic()
     last_error: Exception | None = None
     for attempt in range(1, attempts + 1):
-        cluster = build_cluster(settings)
+        try:
+            # The driver resolves the contact points here, in the constructor.
+            cluster = build_cluster(settings)
+        except UnresolvableContactPoints as error:
+            last_error = _unresolvable(settings, error)
+            logger.warning("Cassandra connection attempt %d of %d failed: %s", attempt, attempts, last_error)
+            if attempt < attempts:
+                sleep(retry_delay_seconds * attempt)
+            continue
         try:
             session = cluster.connect()
             return cluster, session
         except NoHostAvailable as error:
             cluster.shutdown()
             if _authentication_failure(error) is not None:
-                raise StorageAuthenticationError(
-                    f"Cassandra at {describe_hosts(settings)} rejected the username "
-                    f"'{settings.cassandra_username}' or its password. Check MNIST_CASSANDRA_USERNAME and "
-                    "MNIST_CASSANDRA_PASSWORD (or the Streamlit secrets)."
-                ) from error
-            last_error = error
-        except (OperationTimedOut, OSError) as error:
-            cluster.shutdown()
+                raise _credentials_rejected(settings) from error
             last_error = error
         except AuthenticationFailed as error:
             cluster.shutdown()
-            raise StorageAuthenticationError(
-                f"Cassandra at {describe_hosts(settings)} rejected the username "
-                f"'{settings.cassandra_username}' or its password. Check MNIST_CASSANDRA_USERNAME and "
-                "MNIST_CASSANDRA_PASSWORD (or the Streamlit secrets)."
-            ) from error
+            raise _credentials_rejected(settings) from error
+        except (OperationTimedOut, OSError, DriverException) as error:
+            cluster.shutdown()
+            last_error = error
         logger.warning("Cassandra connection attempt %d of %d failed: %s", attempt, attempts, last_error)
         if attempt < attempts:
             sleep(retry_delay_seconds * attempt)
     elapsed = time.monotonic() - started
+    if isinstance(last_error, StorageUnavailable):
+        raise last_error
     raise StorageUnavailable(
         f"Cannot reach Cassandra at {describe_hosts(settings)} after {attempts} attempt"
         f"{'s' if attempts != 1 else ''} ({elapsed:.1f} s). Start a local node with 'scripts/cassandra start', "

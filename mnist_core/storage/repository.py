@@ -86,6 +86,9 @@ class PredictionRepository:
             "AND slot_start < ?"
         )
         self._select_latest = prepare("SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? LIMIT ?")
+        self._select_between = prepare(
+            "SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at >= ? AND created_at < ? LIMIT ?"
+        )
         self._select_prediction_key = prepare(
             "SELECT digit, model_version FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at = ? AND id = ?"
         )
@@ -99,6 +102,11 @@ class PredictionRepository:
         self._select_corrections = prepare(
             "SELECT created_at, predicted_digit, true_label FROM {keyspace}.corrections_by_day WHERE day = ?"
         )
+        self._select_release_version = prepare("SELECT release_version FROM system.local")
+
+    def ping(self, timeout_seconds: float) -> None:
+        """One tiny read, to tell a node that answers from one that hangs (TCP open, nothing back)."""
+        self._session.execute(self._select_release_version, timeout=timeout_seconds)
 
     def _prepare(self, query: str) -> PreparedStatement:
         """Prepare with keyspace-qualified table names ({keyspace}.table is the only formatting ever done)."""
@@ -299,6 +307,21 @@ class PredictionRepository:
                 records.append(_record_from_row(row))
             if len(records) >= limit:
                 break
+        return records
+
+    def between(self, *, since: datetime.datetime, until: datetime.datetime, limit: int) -> list[PredictionRecord]:
+        """The newest ``limit`` predictions made in [since, until), newest first.
+
+        Walks the UTC day partitions from until's back to since's, each read bounded on its
+        clustering column, so a past range costs the same as today's however much came after.
+        """
+        records: list[PredictionRecord] = []
+        day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
+        first_day = since.astimezone(buckets.UTC).date()
+        while day >= first_day and len(records) < limit:
+            rows = self._session.execute(self._select_between, (day, since, until, limit - len(records)))
+            records.extend(_record_from_row(row) for row in rows)
+            day -= datetime.timedelta(days=1)
         return records
 
     # Corrections and accuracy -----------------------------------------------------------

@@ -50,6 +50,8 @@ CATCH_UP_LIMIT = 1000
 # How often the background thread looks for dirty markers left by other (or crashed) processes.
 MARKER_SCAN_INTERVAL_SECONDS = 30.0
 MARKER_SCAN_DAYS_AT_START = 7
+# The background writer's liveness probe gives up after this long.
+PROBE_TIMEOUT_SECONDS = 2.0
 
 
 class _NodeWatch(HostStateListener):
@@ -185,8 +187,15 @@ class PredictionStore:
                 return None
 
     def _require_repository(self) -> PredictionRepository:
-        """For reads: the repository, or StorageUnavailable after the bounded retry."""
-        return self._repository if self._repository is not None else self.connect()
+        """For reads: the repository, or StorageUnavailable after the bounded retry.
+
+        With the background writer (the app), a read makes one attempt only: the writer keeps
+        trying anyway, and a page or /api/stats must answer within seconds, not after the
+        whole retry schedule against a hung node.
+        """
+        if self._repository is not None:
+            return self._repository
+        return self.connect(attempts=1 if self._thread is not None else None)
 
     def _hosts_up(self) -> bool:
         cluster = self._cluster
@@ -279,6 +288,15 @@ class PredictionStore:
         today = datetime.datetime.now(buckets.UTC).date()
         return self._read(lambda: repository.latest(limit=limit, today=today, max_days=max_days))
 
+    def records_between(self, *, since: datetime.datetime, until: datetime.datetime,
+                        limit: int) -> list[PredictionRecord]:
+        """The newest ``limit`` predictions made in [since, until) (aware datetimes), newest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1; got {limit}.")
+        repository = self._require_repository()
+        self._catch_up(repository)
+        return self._read(lambda: repository.between(since=since, until=until, limit=limit))
+
     def history_counts(
         self, *, start: datetime.date, end: datetime.date, timezone: str | None = None
     ) -> HistoryCounts:
@@ -329,17 +347,25 @@ class PredictionStore:
     # Status -----------------------------------------------------------------------------
 
     def status(self) -> StorageStatus:
-        """Connected, or degraded with the number of writes waiting in the outbox; never raises for an outage."""
+        """Connected, or degraded with the number of writes waiting in the outbox; never raises for an outage.
+
+        Answered from what the store already knows, never by contacting Cassandra: the sidebar
+        asks on every rerun and /api/health on every probe, and a hung node must not make either
+        wait (the background writer does the connecting).
+        """
         pending = self._outbox.pending_count()
-        repository = self._repository_or_none()
+        repository = self._repository
         # With the background writer, a few writes are always on their way: that is not degraded.
         in_flight = pending == 0 or (
             self._thread is not None and self._last_write_succeeded
             and self._outbox.oldest_age_seconds() <= IN_FLIGHT_SECONDS
         )
-        if repository is not None and self._hosts_up() and in_flight:
+        # The writer's last round (a write, or its liveness probe) got an answer.
+        answering = repository is not None and self._hosts_up() and (
+            self._thread is None or self._last_write_succeeded)
+        if answering and in_flight:
             return StorageStatus(state="connected", pending=pending, message="Connected to Cassandra.")
-        if repository is not None and self._hosts_up():
+        if answering:
             message = f"Connected to Cassandra; writing {pending} queued prediction(s) from the local outbox."
         else:
             message = (
@@ -483,6 +509,9 @@ class PredictionStore:
                     self._replay_outbox(repository)
                 now = time.monotonic()
                 if now >= self._next_slot_refresh_at:
+                    # A hung node keeps its connections open and answers nothing; without this
+                    # probe an idle app would report "connected" until the next write timed out.
+                    repository.ping(min(PROBE_TIMEOUT_SECONDS, self.settings.cassandra_request_timeout_seconds))
                     self._forget_old_sends()
                     self._refresh_noted_slots(repository)
                     self._next_slot_refresh_at = now + interval
@@ -493,7 +522,11 @@ class PredictionStore:
                 self._last_write_succeeded = True
             except (*UNAVAILABLE_ERRORS, DriverException) as error:
                 self._last_write_succeeded = False
-                self._last_failure = f"Background storage work failed: {error}"
+                if isinstance(error, OperationTimedOut):
+                    self._last_failure = (f"Cassandra at {connection.describe_hosts(self.settings)} does not "
+                                          f"answer (a request timed out: {error}).")
+                else:
+                    self._last_failure = f"Background storage work failed: {error}"
                 logger.info("Storage background work will retry: %s", error)
                 # New writes keep waking the thread; Cassandra still gets one try per interval.
                 self._stopping.wait(interval)

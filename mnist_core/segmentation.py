@@ -1,0 +1,366 @@
+"""Splitting a drawing into digits when digits touch, overlap or come in several strokes.
+
+People write numbers close together: neighbouring digits touch, a 7's bar or a 9's tail
+reaches over the next digit, a 4 or a 5 is drawn in two strokes. No rule on the pieces of
+ink alone gets all of these right, so the picture is *over-segmented* and the classifier
+decides:
+1. the ink is cut into *atoms*: its connected pieces, and pieces wider than a digit are
+   cut again at candidate columns (the thinnest places in the ink, and even divisions);
+2. every run of up to four neighbouring atoms (left to right) is a *candidate* digit, made
+   into a 28x28 model input exactly as a lone digit would be;
+3. the model scores every candidate, and the grouping of all atoms into digits with the
+   best total (log-probability that each group is a digit, plus shape priors: a digit is
+   not a sliver of the others' height, and two pieces stacked in the same columns are one
+   digit) is the reading.
+Callers without a model (`preprocess.preprocess`) get the grouping the priors alone prefer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+
+from mnist_core.preprocess import (INK_MASK_LEVEL, MAX_DIGITS, MODEL_SIDE, DigitBox,
+                                   ink_map, load_image, normalise_digit)
+
+# A run of more atoms than this is never one digit.
+MAX_ATOMS_PER_DIGIT = 4
+# Pictures with more pieces than this are scribbles or noise: their smallest neighbours are
+# joined first so the search stays bounded.
+MAX_ATOMS = 28
+# Pieces smaller than this share of the largest are specks.
+SPECK_SHARE = 0.04
+# A piece is considered for cutting when it is wider than this many times the line height;
+# in a row of digits much narrower ones too (a 1 touching a 4 is not much wider than a 4).
+CUTTABLE_WIDTH = 0.85
+NUMBER_CUTTABLE_WIDTH = 0.45
+# Ink wider than this many times its height is taken for a row of digits.
+NUMBER_WIDTH = 1.1
+# The width of a typical digit, in line heights, for even divisions of a wide piece.
+TYPICAL_DIGIT_WIDTH = 0.62
+MAX_CUTS_PER_PIECE = 6
+# A piece narrower than this many line heights may be one wide digit: it is cut into at
+# most MAX_ATOMS_PER_DIGIT atoms, so the whole piece stays a candidate.
+SINGLE_DIGIT_WIDTH = 1.6
+# Log-prior penalties.
+SLIVER_HEIGHT = 0.42
+SLIVER_PENALTY = 4.0
+STACKED_OVERLAP = 0.6
+STACKED_PENALTY = 3.0
+CUT_PENALTY = 0.3
+# Every digit costs this much, so a split must be clearly likelier than one digit.
+DIGIT_COST = 0.3
+WIDE_WIDTH = 1.1
+WIDE_PENALTY = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Atom:
+    """One piece of ink (or part of one, between two cuts), in working-image pixels."""
+
+    mask: np.ndarray  # bool, within the atom's box
+    top: int
+    left: int
+    bottom: int
+    right: int
+    # Which connected piece of ink it comes from: neighbouring atoms of one piece were cut.
+    piece: int = 0
+
+    @property
+    def centre_column(self) -> float:
+        columns = np.nonzero(self.mask)[1]
+        return self.left + float(columns.mean()) if columns.size else float(self.left)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+    """Every candidate digit of one picture and how to choose among them.
+
+    `candidates` (K, 28, 28) are model inputs; `spans[k]` is the run of atoms [start, stop)
+    that candidate k covers; `boxes[k]` is where it sits in the original picture.
+    """
+
+    candidates: np.ndarray
+    spans: tuple[tuple[int, int], ...]
+    boxes: tuple[DigitBox, ...]
+    priors: np.ndarray
+    atom_count: int
+    # Column extents (left, right) of each candidate, for the pairwise prior.
+    extents: tuple[tuple[int, int], ...]
+    dots: tuple[bool, ...]
+    # Candidates wider than a digit could be: what a caller without a model avoids.
+    wide: tuple[bool, ...]
+    # Row extents (top, bottom) of each candidate, and for each atom the piece it was cut from.
+    heights: tuple[tuple[int, int], ...] = ()
+    atom_pieces: tuple[int, ...] = ()
+
+    @property
+    def is_blank(self) -> bool:
+        return self.atom_count == 0
+
+    def choose(self, digit_log_probabilities: np.ndarray | None = None) -> list[int]:
+        """The candidates (left to right) of the best grouping of all atoms into digits.
+
+        `digit_log_probabilities[k]` is the log-probability that candidate k is a digit;
+        without it only the priors decide.
+        """
+        if self.atom_count == 0:
+            return []
+        scores = self.priors - DIGIT_COST
+        if digit_log_probabilities is not None:
+            scores = scores + np.asarray(digit_log_probabilities, dtype=np.float64)
+        else:
+            # Without a model: as few digits as the shapes allow.
+            scores = scores - 1.0 - WIDE_PENALTY * np.asarray(self.wide, dtype=np.float64)
+        index_of = {span: index for index, span in enumerate(self.spans)}
+        # best[k]: the best total of a grouping of atoms [0, stop of k) that ends with k.
+        best: dict[int, tuple[float, int | None]] = {}
+        for index, (start, stop) in sorted(enumerate(self.spans), key=lambda item: item[1][1]):
+            if start == 0:
+                best[index] = (scores[index], None)
+                continue
+            options = []
+            for previous_start in range(max(0, start - MAX_ATOMS_PER_DIGIT), start):
+                previous = index_of.get((previous_start, start))
+                if previous is None or previous not in best:
+                    continue
+                options.append((best[previous][0] + scores[index]
+                                - self._boundary_penalty(previous, index), previous))
+            if options:
+                best[index] = max(options, key=lambda option: option[0])
+        endings = [index for index, (_, stop) in enumerate(self.spans)
+                   if stop == self.atom_count and index in best]
+        chosen: list[int] = []
+        current: int | None = max(endings, key=lambda index: best[index][0])
+        while current is not None:
+            chosen.append(current)
+            current = best[current][1]
+        chosen.reverse()
+        return [index for index in chosen if not self.dots[index]][:MAX_DIGITS]
+
+    def _boundary_penalty(self, first: int, second: int) -> float:
+        """What it costs to end one digit at candidate `first` and start the next at `second`.
+
+        Pieces that share columns with one above the other, or that share most columns, are
+        one digit (the lifted-pen bar of a 5, the two strokes of a 4); and cutting one piece
+        of ink in two is less likely than a boundary between pieces, since most neighbouring
+        digits do not touch.
+        """
+        penalty = 0.0
+        left_a, right_a = self.extents[first]
+        left_b, right_b = self.extents[second]
+        overlap = min(right_a, right_b) - max(left_a, left_b)
+        narrower = max(min(right_a - left_a, right_b - left_b), 1)
+        if overlap >= STACKED_OVERLAP * narrower:
+            penalty += STACKED_PENALTY
+        elif overlap > 0 and self.heights:
+            top_a, bottom_a = self.heights[first]
+            top_b, bottom_b = self.heights[second]
+            shared_rows = min(bottom_a, bottom_b) - max(top_a, top_b)
+            if shared_rows <= 0.5 * min(bottom_a - top_a, bottom_b - top_b):
+                penalty += STACKED_PENALTY
+        start = self.spans[second][0]
+        if self.atom_pieces and self.atom_pieces[start - 1] == self.atom_pieces[start]:
+            penalty += CUT_PENALTY
+        return penalty
+
+
+def _pieces(mask: np.ndarray) -> list[Atom]:
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    boxes = ndimage.find_objects(labels)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    largest = float(areas.max())
+    pieces = []
+    for index, (rows, columns) in enumerate(boxes):
+        if areas[index] < SPECK_SHARE * largest:
+            continue
+        pieces.append(Atom(mask=labels[rows, columns] == index + 1, top=rows.start,
+                           left=columns.start, bottom=rows.stop, right=columns.stop,
+                           piece=index))
+    return pieces
+
+
+def _cut_columns(piece: Atom, line_height: int, pen_width: float,
+                 cuttable_width: float = CUTTABLE_WIDTH) -> list[int]:
+    """Candidate cut columns (relative to the piece) for a piece wider than a digit.
+
+    Where two digits touch, the ink's upper outline dips and its lower outline rises
+    between them (two 0s touching look like a figure of eight lying down), so the best
+    candidates are the columns where both are deepest; then the thinnest columns, then
+    even divisions by a typical digit width.
+    """
+    width = piece.right - piece.left
+    if width < cuttable_width * line_height:
+        return []
+    mask = piece.mask
+    filled = mask.any(axis=0)
+    height = mask.shape[0]
+    top = np.where(filled, mask.argmax(axis=0), height).astype(np.float64)
+    bottom = np.where(filled, height - 1 - mask[::-1].argmax(axis=0), 0).astype(np.float64)
+    highest_left = np.minimum.accumulate(top)
+    highest_right = np.minimum.accumulate(top[::-1])[::-1]
+    lowest_left = np.maximum.accumulate(bottom)
+    lowest_right = np.maximum.accumulate(bottom[::-1])[::-1]
+    dip = top - np.maximum(highest_left, highest_right)
+    rise = np.minimum(lowest_left, lowest_right) - bottom
+    depth = ndimage.uniform_filter1d(np.where(filled, dip + rise, height), size=3)
+    profile = ndimage.uniform_filter1d(mask.sum(axis=0).astype(np.float64),
+                                       size=max(3, int(pen_width / 2)))
+    margin = max(int(0.2 * line_height), 2)
+    cuts: list[int] = []
+    for values, wanted in ((depth, 1.0), (profile, -1.0)):
+        inner = wanted * values[margin:width - margin]
+        if inner.size <= 2:
+            continue
+        peaks = np.flatnonzero((inner[1:-1] >= inner[:-2]) & (inner[1:-1] >= inner[2:])) + 1
+        if wanted > 0:
+            peaks = peaks[inner[peaks] >= 0.1 * line_height]
+        cuts.extend(int(position + margin) for position in peaks[np.argsort(-inner[peaks],
+                                                                              kind="stable")])
+    digits = max(2, int(round(width / (TYPICAL_DIGIT_WIDTH * line_height))))
+    cuts.extend(int(round(width * part / digits)) for part in range(1, digits))
+    spacing = max(int(0.18 * line_height), 2)
+    limit = (MAX_ATOMS_PER_DIGIT - 1 if width < SINGLE_DIGIT_WIDTH * line_height
+             else MAX_CUTS_PER_PIECE)
+    chosen: list[int] = []
+    for cut in cuts:
+        if margin <= cut <= width - margin and all(abs(cut - other) >= spacing
+                                                    for other in chosen):
+            chosen.append(cut)
+        if len(chosen) >= limit:
+            break
+    return sorted(chosen)
+
+
+def _split(piece: Atom, cuts: list[int]) -> list[Atom]:
+    parts = []
+    for start, stop in zip([0, *cuts], [*cuts, piece.right - piece.left]):
+        part = np.zeros_like(piece.mask)
+        part[:, start:stop] = piece.mask[:, start:stop]
+        rows = np.flatnonzero(part.any(axis=1))
+        if rows.size == 0:
+            continue
+        parts.append(Atom(mask=part[rows[0]:rows[-1] + 1, start:stop],
+                          top=piece.top + int(rows[0]), left=piece.left + start,
+                          bottom=piece.top + int(rows[-1]) + 1, right=piece.left + stop,
+                          piece=piece.piece))
+    return parts
+
+
+def _pen_width(mask: np.ndarray) -> float:
+    """Area over half the perimeter: the width of a long stroke."""
+    area = float(mask.sum())
+    eroded = ndimage.binary_erosion(mask)
+    perimeter = area - float(eroded.sum())
+    return area / max(perimeter / 2.0, 1.0)
+
+
+def _is_dot(mask: np.ndarray) -> bool:
+    """A tap of the pen: a mark no longer than a pen's width and a third.
+
+    The pen's reach is the largest distance from the edge inside the mark, so a small
+    digit drawn with a broad pen (a little 0) is still longer than its pen is wide.
+    """
+    if mask.sum() == 0:
+        return True
+    radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max())
+    return max(mask.shape) < 1.35 * 2 * radius
+
+
+def _atoms(mask: np.ndarray, cuttable_width: float = CUTTABLE_WIDTH) -> list[Atom]:
+    pieces = _pieces(mask)
+    if not pieces:
+        return []
+    rows = np.flatnonzero(mask.any(axis=1))
+    line_height = int(rows[-1] - rows[0] + 1)
+    pen_width = _pen_width(mask)
+    atoms: list[Atom] = []
+    for piece in pieces:
+        atoms.extend(_split(piece, _cut_columns(piece, line_height, pen_width, cuttable_width)))
+    atoms.sort(key=lambda atom: atom.centre_column)
+    while len(atoms) > MAX_ATOMS:
+        # Join the closest neighbours until the search is bounded.
+        gaps = [atoms[index + 1].centre_column - atoms[index].centre_column
+                for index in range(len(atoms) - 1)]
+        index = int(np.argmin(gaps))
+        # The joined atom keeps the left one's piece, so a cut beside it still counts as one.
+        atoms[index:index + 2] = [_union(atoms[index:index + 2])]
+    return atoms
+
+
+def _union(atoms: list[Atom]) -> Atom:
+    top = min(atom.top for atom in atoms)
+    left = min(atom.left for atom in atoms)
+    bottom = max(atom.bottom for atom in atoms)
+    right = max(atom.right for atom in atoms)
+    mask = np.zeros((bottom - top, right - left), dtype=bool)
+    for atom in atoms:
+        mask[atom.top - top:atom.bottom - top, atom.left - left:atom.right - left] |= atom.mask
+    return Atom(mask=mask, top=top, left=left, bottom=bottom, right=right, piece=atoms[0].piece)
+
+
+def _is_number_like(mask: np.ndarray) -> bool:
+    """Ink much wider than tall is taken for a row of digits."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return bool(rows.size) and (columns[-1] - columns[0] + 1) > NUMBER_WIDTH * (rows[-1] - rows[0] + 1)
+
+
+def segment(image) -> Segmentation:
+    """All candidate digits of a picture (array, PIL image, bytes or path)."""
+    from PIL import Image
+
+    if isinstance(image, (str, bytes, bytearray, memoryview)) or hasattr(image, "__fspath__"):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        original_height = image.size[1]
+    else:
+        image = np.asarray(image)
+        original_height = image.shape[0] if image.ndim >= 2 else 0
+    ink = ink_map(image)
+    scale_back = original_height / ink.shape[0] if ink.shape[0] else 1.0
+    mask = ink >= INK_MASK_LEVEL
+    atoms = _atoms(mask, NUMBER_CUTTABLE_WIDTH if _is_number_like(mask) else CUTTABLE_WIDTH)
+    if not atoms:
+        return Segmentation(candidates=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
+                            spans=(), boxes=(), priors=np.zeros(0), atom_count=0, extents=(),
+                            dots=(), wide=())
+    rows = np.flatnonzero(mask.any(axis=1))
+    line_height = float(rows[-1] - rows[0] + 1)
+    candidates, spans, boxes, priors, extents, dots, wide, heights = [], [], [], [], [], [], [], []
+    for start in range(len(atoms)):
+        for stop in range(start + 1, min(start + MAX_ATOMS_PER_DIGIT, len(atoms)) + 1):
+            group = _union(atoms[start:stop])
+            candidates.append(_model_input(ink, mask, group))
+            spans.append((start, stop))
+            boxes.append(DigitBox(left=int(group.left * scale_back),
+                                  top=int(group.top * scale_back),
+                                  right=int(group.right * scale_back),
+                                  bottom=int(group.bottom * scale_back)))
+            height = group.bottom - group.top
+            sliver = len(atoms) > 1 and height < SLIVER_HEIGHT * line_height
+            priors.append(-SLIVER_PENALTY if sliver else 0.0)
+            extents.append((group.left, group.right))
+            heights.append((group.top, group.bottom))
+            dots.append(_is_dot(group.mask))
+            wide.append(group.right - group.left > WIDE_WIDTH * max(height, 0.6 * line_height))
+    return Segmentation(candidates=np.stack(candidates).astype(np.float32), spans=tuple(spans),
+                        boxes=tuple(boxes), priors=np.asarray(priors), atom_count=len(atoms),
+                        extents=tuple(extents), dots=tuple(dots), wide=tuple(wide),
+                        heights=tuple(heights), atom_pieces=tuple(atom.piece for atom in atoms))
+
+
+def _model_input(ink: np.ndarray, mask: np.ndarray, group: Atom) -> np.ndarray:
+    """The group's own ink, its anti-aliased fringe included and its neighbours' left out."""
+    height, width = mask.shape
+    top, left = max(group.top - 2, 0), max(group.left - 2, 0)
+    bottom, right = min(group.bottom + 2, height), min(group.right + 2, width)
+    own = np.zeros((bottom - top, right - left), dtype=bool)
+    own[group.top - top:group.bottom - top, group.left - left:group.right - left] = group.mask
+    others = mask[top:bottom, left:right] & ~own
+    if others.any():
+        others = ndimage.binary_dilation(others, iterations=2) & ~own
+    return normalise_digit(np.where(others, 0.0, ink[top:bottom, left:right]))

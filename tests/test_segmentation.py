@@ -1,0 +1,72 @@
+"""Over-segmentation and the choice among candidate digits, without a model and with one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_core.preprocess import preprocess
+from mnist_core.segmentation import segment
+from mnist_core.strokes import canvas_picture
+
+
+def _circle(centre_x, centre_y, radius, count=60):
+    angles = np.linspace(0, 2 * np.pi, count)
+    return np.stack([centre_x + radius * np.cos(angles), centre_y + radius * np.sin(angles)], axis=1)
+
+
+def test_a_digit_in_two_strokes_that_share_columns_stays_one():
+    # A lifted-pen 4: the open angle, then the stem crossing its bar.
+    picture = canvas_picture([np.array([[110, 50], [80, 160], [190, 160]]),
+                              np.array([[160, 70], [160, 240]])], pen_width=16)
+    assert preprocess(picture).digit_count == 1
+
+
+def test_digits_with_a_clear_gap_are_separate_and_in_order():
+    picture = canvas_picture([np.array([[60, 80], [60, 200]]), _circle(190, 140, 50)],
+                             pen_width=14)
+    result = preprocess(picture)
+    assert result.digit_count == 2
+    assert result.boxes[0].right < result.boxes[1].left
+
+
+def test_touching_digits_are_cut_into_candidates():
+    # Two rings that touch: one piece of ink, wider than a digit.
+    picture = canvas_picture([_circle(95, 140, 45), _circle(185, 140, 45)], pen_width=14)
+    segmentation = segment(picture)
+    assert segmentation.atom_count >= 2
+    # One candidate is exactly each ring: a cut was made where they touch.
+    rings = [box for box in segmentation.boxes
+             if abs(box.left - 43) <= 4 and abs(box.right - 140) <= 4
+             or abs(box.left - 140) <= 4 and abs(box.right - 237) <= 4]
+    assert len(rings) == 2
+    # A model sure of each ring and unsure of the pair chooses the pair of rings.
+    scores = np.full(len(segmentation.spans), np.log(0.05))
+    for index, (start, stop) in enumerate(segmentation.spans):
+        box = segmentation.boxes[index]
+        if (box.right <= 150 or box.left >= 130) and 60 <= box.right - box.left <= 120:
+            scores[index] = np.log(0.99)
+    chosen = segmentation.choose(scores)
+    assert [segmentation.boxes[index] for index in chosen] == sorted(rings, key=lambda box: box.left)
+
+
+def test_a_tap_is_not_a_digit_but_a_small_zero_is_one():
+    assert segment(canvas_picture([np.array([[140.0, 140.0]])], pen_width=18)).choose() == []
+    small_zero = canvas_picture([_circle(140, 140, 14)], pen_width=18)
+    assert len(segment(small_zero).choose()) == 1
+
+
+def test_blank_pictures_have_no_candidates():
+    segmentation = segment(np.zeros((280, 280, 4), np.uint8))
+    assert segmentation.is_blank and segmentation.choose() == []
+    assert segmentation.candidates.shape == (0, 28, 28)
+
+
+@pytest.mark.parametrize("count", [30, 200])
+def test_many_pieces_keep_the_search_bounded(count):
+    random = np.random.default_rng(count)
+    points = random.uniform(10, 270, (count, 2))
+    picture = canvas_picture([point[None, :] + [[0, 0], [3, 3]] for point in points], pen_width=6)
+    segmentation = segment(picture)
+    assert segmentation.atom_count <= 28
+    assert len(segmentation.candidates) <= 28 * 4

@@ -1,0 +1,104 @@
+"""A hung node: the process is stopped (SIGSTOP), its sockets stay open and nothing answers.
+
+That is what a network drop, a long GC pause or a frozen VM looks like to the driver, and
+unlike a stopped node it gives no "connection refused" to react to. While the node hangs,
+predictions are answered at once, /api/health says the node does not answer, /api/stats
+answers JSON 503 within its time, and the History page shows a sentence; after SIGCONT every
+accepted prediction is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import statistics
+import time
+
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from mnist_core import rest_api
+from mnist_core.storage import PredictionStore
+from tests.conftest import plain_cluster
+from tests.test_rest_api import png_bytes
+from tests.test_storage_kill import daemon_pid
+from train.drawings import redraw
+
+pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
+
+PREDICTIONS = 30
+
+
+@contextlib.contextmanager
+def hung_node(node: int = 1):
+    pid = daemon_pid(node)
+    assert pid is not None, f"node {node} has no running daemon"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_hung_node_costs_the_user_nothing_and_loses_nothing(recognizer, settings_for, mnist, cassandra_node):
+    settings = settings_for(MNIST_CASSANDRA_REQUEST_TIMEOUT="2", MNIST_OUTBOX_FLUSH_INTERVAL="0.5")
+    store = PredictionStore(settings)
+    store.connect()
+    application = Starlette(routes=rest_api.create_routes(
+        get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC"))
+    random = np.random.default_rng(3)
+    bodies = [png_bytes(255 - redraw(mnist.test_images[index] / 255.0, "fill", random)[..., 3])
+              for index in range(PREDICTIONS)]
+    try:
+        with TestClient(application) as client:
+            assert client.get("/api/health").json()["status"] == "ok"
+            with hung_node():
+                durations, identifiers = [], []
+                for body in bodies:
+                    started = time.perf_counter()
+                    response = client.post("/api/predict", content=body)
+                    durations.append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text
+                    identifiers.append(response.json()["id"])
+                assert max(durations) < 1.0, durations
+                assert statistics.median(durations) < 0.05, durations
+
+                # The writer's requests time out; health then says so, and answers at once.
+                deadline = time.monotonic() + 20
+                health = client.get("/api/health").json()
+                while health["status"] == "ok" and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    health = client.get("/api/health").json()
+                started = time.perf_counter()
+                health = client.get("/api/health").json()
+                assert time.perf_counter() - started < 0.5
+                assert health["status"] == "degraded", health
+                assert "does not answer" in health["storage"]["message"], health
+                assert health["storage"]["pending"] >= 1
+
+                started = time.perf_counter()
+                stats = client.get("/api/stats")
+                assert time.perf_counter() - started < 6.0
+                assert stats.status_code == 503 and stats.json()["error"]
+
+            deadline = time.monotonic() + 90
+            while store.status().pending and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert store.status().pending == 0, "the outbox did not drain after SIGCONT"
+    finally:
+        store.close()
+
+    cluster = plain_cluster()
+    try:
+        session = cluster.connect()
+        today = datetime.datetime.now(datetime.timezone.utc).date()
+        stored = [str(row.id) for row in session.execute(
+            f"SELECT id FROM {settings.cassandra_keyspace}.predictions_by_day WHERE day = %s", (today,))]
+    finally:
+        cluster.shutdown()
+    assert sorted(identifier for identifier in stored if identifier in set(identifiers)) == sorted(identifiers)
+    assert len(stored) == len(set(stored))

@@ -1,0 +1,291 @@
+"""Training pictures made the way the app makes its inputs: drawn on the canvas, then preprocessed.
+
+The model must read what `mnist_core.preprocess` produces from a canvas, so every training
+image is such a product:
+- MNIST images themselves, sent through the preprocessing as the CLI would read a 28x28 scan;
+- MNIST digits redrawn with a round pen on the 280x280 canvas: each digit is reduced to its
+  centre line, warped (rotation, shear, width), given a style many people use and MNIST's
+  writers rarely did (a crossbar on 7, a flag and a foot on 1, a curved tail on 9, an open
+  top on 4), and painted at any size from a small corner digit to one filling the canvas,
+  with a pen 9 to 22 px wide;
+- drawings that are *not* digits, the eleventh class: dashes, smooth random curves, two digits
+  run together (so a merged pair is never read as one digit), letters from Pillow's bundled
+  font, and digits turned on their side.
+Generation is seeded per example, so a re-run makes the same pictures, and it runs in worker
+processes (it is a few minutes of NumPy and Pillow work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+
+import numpy as np
+from PIL import Image, ImageFont
+
+from mnist_core.preprocess import ink_map, normalise_digit
+from mnist_core.strokes import CANVAS_SIDE, canvas_picture
+
+NOT_A_DIGIT = 10
+# Letters that cannot honestly be told from a digit are left out of the non-digit class.
+NON_DIGIT_LETTERS = "AEFHKMNPRTVWXYefkmnprtvwx"
+SIDEWAYS_DIGITS = (3, 4, 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleSettings:
+    crossbar_seven: float = 0.45
+    flag_one: float = 0.6
+    foot_one: float = 0.35
+    tail_nine: float = 0.3
+    open_four: float = 0.3
+    rotation_degrees: float = 12.0
+    shear_degrees: float = 18.0
+    width_range: tuple[float, float] = (0.7, 1.3)
+    height_range: tuple[float, float] = (40.0, 240.0)
+    # A digit is never drawn shorter than this many pen widths (a blob is not a digit).
+    minimum_height_in_pens: float = 2.8
+    pen_range: tuple[float, float] = (9.0, 22.0)
+
+
+STYLE = StyleSettings()
+
+
+# ---------------------------------------------------------------------------------------
+# Centre lines
+# ---------------------------------------------------------------------------------------
+
+def centre_points(image: np.ndarray, upscale: int = 4) -> np.ndarray:
+    """The centre line of a grey digit as (x, y) points in 0..1 of its own height, y down."""
+    from skimage.morphology import skeletonize
+
+    image = np.asarray(image, dtype=np.float32)
+    image = image / max(float(image.max()), 1e-6)
+    rows = np.flatnonzero(image.max(axis=1) > 0.2)
+    columns = np.flatnonzero(image.max(axis=0) > 0.2)
+    if rows.size == 0:
+        return np.zeros((0, 2))
+    cropped = np.pad(image[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1], 1)
+    size = (cropped.shape[1] * upscale, cropped.shape[0] * upscale)
+    smooth = np.asarray(Image.fromarray(cropped, "F").resize(size, Image.Resampling.BICUBIC))
+    skeleton = skeletonize(smooth > 0.45)
+    ys, xs = np.nonzero(skeleton)
+    if ys.size == 0:
+        return np.zeros((0, 2))
+    points = np.stack([xs, ys], axis=1).astype(np.float64)
+    low, high = points.min(axis=0), points.max(axis=0)
+    return (points - low) / max(float(high[1] - low[1]), 1.0)
+
+
+def _line(start, end, count: int = 24) -> np.ndarray:
+    return np.linspace(np.asarray(start, float), np.asarray(end, float), count)
+
+
+def _arc(centre, radius: float, start: float, end: float, count: int = 24) -> np.ndarray:
+    angles = np.linspace(start, end, count)
+    return np.stack([centre[0] + radius * np.cos(angles),
+                     centre[1] + radius * np.sin(angles)], axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Styles MNIST's writers rarely used
+# ---------------------------------------------------------------------------------------
+
+def with_style(points: np.ndarray, label: int, random: np.random.Generator,
+               style: StyleSettings = STYLE) -> list[np.ndarray]:
+    """The digit's centre points plus any strokes a style adds (heights are 1, y down)."""
+    extra: list[np.ndarray] = []
+    width = float(points[:, 0].max())
+    if label == 7 and random.random() < style.crossbar_seven:
+        # A crossbar through the stem, a little below the middle.
+        level = float(random.uniform(0.45, 0.62))
+        band = points[np.abs(points[:, 1] - level) < 0.06]
+        if len(band):
+            centre = float(np.median(band[:, 0]))
+            half = float(random.uniform(0.15, 0.28))
+            tilt = float(random.uniform(-0.05, 0.05))
+            extra.append(_line((centre - half, level + tilt), (centre + half, level - tilt)))
+    elif label == 1:
+        top = points[points[:, 1].argmin()]
+        bottom = points[points[:, 1].argmax()]
+        if random.random() < style.flag_one:
+            length = float(random.uniform(0.2, 0.55))
+            angle = np.radians(float(random.uniform(25.0, 70.0)))
+            extra.append(_line(top, (top[0] - length * np.cos(angle),
+                                     top[1] + length * np.sin(angle))))
+        if random.random() < style.foot_one:
+            half = float(random.uniform(0.15, 0.3))
+            extra.append(_line((bottom[0] - half, bottom[1]), (bottom[0] + half, bottom[1])))
+    elif label == 9 and random.random() < style.tail_nine:
+        # The stem's end curls to the left.
+        bottom = points[points[:, 1].argmax()]
+        radius = float(random.uniform(0.1, 0.2)) * max(width, 0.5)
+        keep = points[points[:, 1] < bottom[1] - radius]
+        extra.append(_arc((bottom[0] - radius, bottom[1] - radius), radius, 0.0,
+                          float(random.uniform(0.6, 1.0)) * np.pi))
+        points = keep if len(keep) > 10 else points
+    elif label == 4 and random.random() < style.open_four:
+        # An open 4: the left arm stops short of the stem.
+        right = points[:, 0] > 0.6 * width
+        stem_x = float(np.median(points[right, 0])) if right.any() else width
+        gap = float(random.uniform(0.04, 0.12))
+        points = points[(points[:, 0] > stem_x - 0.05) | (points[:, 1] > 0.5)
+                        | (points[:, 0] < stem_x - 0.05 - gap)]
+    return [points, *extra]
+
+
+# ---------------------------------------------------------------------------------------
+# Painting on the canvas
+# ---------------------------------------------------------------------------------------
+
+def _warp(parts: list[np.ndarray], random: np.random.Generator,
+          style: StyleSettings = STYLE) -> list[np.ndarray]:
+    angle = np.radians(float(random.uniform(-1, 1)) * style.rotation_degrees)
+    shear = np.tan(np.radians(float(random.uniform(-1, 1)) * style.shear_degrees))
+    stretch = float(random.uniform(*style.width_range))
+    matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) @ (
+        np.array([[stretch, shear], [0.0, 1.0]]))
+    return [part @ matrix.T for part in parts]
+
+
+def paint(parts: list[np.ndarray], random: np.random.Generator, *, dotted_first: bool = True,
+          height: float | None = None, pen_width: float | None = None,
+          style: StyleSettings = STYLE) -> np.ndarray:
+    """Scale point sets to a size, place them anywhere on the canvas and paint them.
+
+    With `dotted_first`, the first set is a centre line's pixels, each painted as a dot
+    (they lie close enough to join); the others are strokes, painted as lines.
+    """
+    pen_width = pen_width or float(random.uniform(*style.pen_range))
+    everything = np.concatenate(parts)
+    low, high = everything.min(axis=0), everything.max(axis=0)
+    extent = np.maximum(high - low, 1e-3)
+    margin = pen_width / 2 + 3
+    room = CANVAS_SIDE - 2 * margin
+    if height is None:
+        # Log-uniform: small digits drawn in a corner are as common as ones filling the canvas.
+        height = float(np.exp(random.uniform(*np.log(style.height_range))))
+    height = max(height, style.minimum_height_in_pens * pen_width)
+    scale = min(height / extent[1], room / extent.max())
+    free = np.maximum(room - extent * scale, 0.0)
+    offset = margin + random.uniform(0.0, 1.0, 2) * free
+    strokes: list[np.ndarray] = []
+    for part in parts:
+        placed = (part - low) * scale + offset
+        if dotted_first and not strokes:
+            strokes.extend(placed[:, None, :])
+        else:
+            strokes.append(placed)
+    # Painted at half the canvas's resolution: the preprocessing halves a 280 px canvas
+    # before it looks at the ink, so the model input is the same, for a quarter of the work.
+    return canvas_picture([stroke / 2 for stroke in strokes], pen_width=pen_width / 2,
+                          side=CANVAS_SIDE // 2)
+
+
+def model_input(picture: np.ndarray) -> np.ndarray:
+    """The 28x28 image the app's preprocessing makes of a picture holding one digit."""
+    return normalise_digit(ink_map(picture))
+
+
+# ---------------------------------------------------------------------------------------
+# The examples
+# ---------------------------------------------------------------------------------------
+
+def redrawn_digit(image: np.ndarray, label: int, random: np.random.Generator) -> np.ndarray:
+    points = centre_points(image)
+    if len(points) < 3:
+        return model_input(image)
+    return model_input(paint(_warp(with_style(points, label, random), random), random))
+
+
+_FONT_CACHE: dict[int, ImageFont.FreeTypeFont] = {}
+
+
+def _letter_points(letter: str) -> np.ndarray:
+    from PIL import ImageDraw
+
+    font = _FONT_CACHE.setdefault(0, ImageFont.load_default(size=60))
+    canvas = Image.new("L", (90, 90), 0)
+    ImageDraw.Draw(canvas).text((15, 5), letter, font=font, fill=255)
+    return centre_points(np.asarray(canvas, dtype=np.float32) / 255.0, upscale=1)
+
+
+def _squiggle(random: np.random.Generator) -> np.ndarray:
+    """A smooth curve through five to nine random points: rarely anything like a digit."""
+    from scipy.interpolate import CubicSpline
+
+    knots = random.uniform(0.0, 1.0, (int(random.integers(5, 10)), 2))
+    along = np.linspace(0.0, 1.0, len(knots))
+    return CubicSpline(along, knots)(np.linspace(0.0, 1.0, 25 * len(knots)))
+
+
+def non_digit(mnist_images: np.ndarray, mnist_labels: np.ndarray,
+              random: np.random.Generator) -> np.ndarray:
+    kind = random.random()
+    if kind < 0.08:
+        # A dash: a bar or flag on its own is no digit (nor is a minus sign).
+        angle = np.radians(float(random.uniform(-25.0, 25.0)))
+        half = np.array([np.cos(angle), np.sin(angle)]) * 0.5
+        return model_input(paint([_line(0.5 - half, 0.5 + half)], random, dotted_first=False,
+                                 height=float(random.uniform(40, 200))))
+    if kind < 0.3:
+        # Smooth random curves, one or two strokes.
+        parts = [_squiggle(random) for _ in range(int(random.integers(1, 3)))]
+        return model_input(paint(parts, random, dotted_first=False,
+                                 height=float(random.uniform(60, 240))))
+    if kind < 0.6:
+        # Two digits run together: touching or overlapping, as one blob.
+        first, second = random.integers(len(mnist_images), size=2)
+        left = centre_points(mnist_images[first])
+        right = centre_points(mnist_images[second])
+        if len(left) < 3 or len(right) < 3:
+            return non_digit(mnist_images, mnist_labels, random)
+        shift = float(left[:, 0].max()) - float(random.uniform(0.0, 0.25))
+        parts = _warp([np.concatenate([left, right + np.array([shift, 0.0])])], random)
+        return model_input(paint(parts, random))
+    if kind < 0.85:
+        points = _letter_points(NON_DIGIT_LETTERS[int(random.integers(len(NON_DIGIT_LETTERS)))])
+        if len(points) < 3:
+            return non_digit(mnist_images, mnist_labels, random)
+        return model_input(paint(_warp([points], random), random))
+    # A digit turned on its side.
+    choices = np.flatnonzero(np.isin(mnist_labels, SIDEWAYS_DIGITS))
+    image = np.rot90(mnist_images[int(choices[int(random.integers(len(choices)))])],
+                     k=1 if random.random() < 0.5 else 3)
+    points = centre_points(image)
+    if len(points) < 3:
+        return non_digit(mnist_images, mnist_labels, random)
+    return model_input(paint(_warp([points], random), random))
+
+
+def _work(task):
+    kind, start, stop, seed, images, labels = task
+    outputs = np.zeros((stop - start, 28, 28), dtype=np.float32)
+    for offset, index in enumerate(range(start, stop)):
+        random = np.random.default_rng([seed, index])
+        if kind == "mnist":
+            outputs[offset] = model_input(images[index])
+        elif kind == "redrawn":
+            outputs[offset] = redrawn_digit(images[index % len(images)],
+                                            int(labels[index % len(labels)]), random)
+        else:
+            outputs[offset] = non_digit(images, labels, random)
+    return outputs
+
+
+def generate(kind: str, count: int, images: np.ndarray, labels: np.ndarray, *, seed: int,
+             processes: int | None = None) -> np.ndarray:
+    """`count` model inputs (count, 28, 28) float32 of one kind: mnist, redrawn or non_digit.
+
+    For *redrawn*, example i redraws image i modulo the number of images, so several passes
+    over MNIST give each digit several drawings.
+    """
+    processes = processes or os.cpu_count() or 1
+    chunk = 2_000
+    tasks = [(kind, start, min(start + chunk, count), seed, images, labels)
+             for start in range(0, count, chunk)]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes) as pool:
+        parts = pool.map(_work, tasks)
+    return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.float32)
