@@ -81,8 +81,10 @@ def non_digit_figures(recognizer, per_kind: int) -> dict:
     figures = {}
     for kind in NON_DIGIT_KINDS:
         readings = read_all(recognizer, non_digit_pictures(kind, per_kind, seed=31))
-        shown = [not reading.is_not_a_digit and not reading.is_blank
-                 and reading.confidence >= CONFIDENT for reading in readings]
+        # What the Draw page would show: the whole answer's confidence (a number's is the
+        # product of its digits').
+        shown = [reading.has_digits and reading.overall_confidence >= CONFIDENT
+                 for reading in readings]
         figures[kind] = {"shown_as_digit_confident": float(np.mean(shown)),
                          "refused": float(np.mean([reading.is_not_a_digit
                                                    for reading in readings])),

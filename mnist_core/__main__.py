@@ -21,12 +21,12 @@ def reading_as_json(file_name: str, reading) -> dict:
     row = {"file": file_name, "digit": reading.digit,
            "confidence": round(reading.confidence, 6),
            "probabilities": [round(value, 6) for value in reading.probabilities],
-           "not_a_digit": reading.is_not_a_digit}
+           "not_a_digit": reading.is_not_a_digit,
+           "not_a_digit_probability": round(reading.not_a_digit_probability, 6)}
     if reading.is_blank:
         row["message"] = "Nothing is drawn in this image."
     elif reading.is_not_a_digit:
         row["message"] = "This does not look like a digit."
-        row["not_a_digit_probability"] = round(reading.not_a_digit_probability, 6)
     if reading.number is not None:
         row["number"] = reading.number
         row["number_confidence"] = round(reading.overall_confidence, 6)

@@ -34,10 +34,10 @@ MAX_ATOMS = 28
 SPECK_SHARE = 0.04
 # A piece is considered for cutting when it is wider than this many times the line height;
 # in a row of digits much narrower ones too (a 1 touching a 4 is not much wider than a 4).
-CUTTABLE_WIDTH = 0.85
+CUTTABLE_WIDTH = 1.0
 NUMBER_CUTTABLE_WIDTH = 0.45
 # Ink wider than this many times its height is taken for a row of digits.
-NUMBER_WIDTH = 1.1
+NUMBER_WIDTH = 1.3
 # The width of a typical digit, in line heights, for even divisions of a wide piece.
 TYPICAL_DIGIT_WIDTH = 0.62
 MAX_CUTS_PER_PIECE = 6
@@ -51,9 +51,10 @@ STACKED_OVERLAP = 0.6
 STACKED_PENALTY = 3.0
 CUT_PENALTY = 0.3
 # Every digit costs this much, so a split must be clearly likelier than one digit.
-DIGIT_COST = 0.3
-WIDE_WIDTH = 1.1
+DIGIT_COST = 0.5
+WIDE_WIDTH = 1.3
 WIDE_PENALTY = 3.0
+MODEL_FREE_CUT_PENALTY = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +94,8 @@ class Segmentation:
     # Candidates wider than a digit could be: what a caller without a model avoids.
     wide: tuple[bool, ...]
     # Row extents (top, bottom) of each candidate, and for each atom the piece it was cut from.
-    heights: tuple[tuple[int, int], ...] = ()
-    atom_pieces: tuple[int, ...] = ()
+    heights: tuple[tuple[int, int], ...]
+    atom_pieces: tuple[int, ...]
 
     @property
     def is_blank(self) -> bool:
@@ -126,8 +127,8 @@ class Segmentation:
                 previous = index_of.get((previous_start, start))
                 if previous is None or previous not in best:
                     continue
-                options.append((best[previous][0] + scores[index]
-                                - self._boundary_penalty(previous, index), previous))
+                options.append((best[previous][0] + scores[index] - self._boundary_penalty(
+                    previous, index, with_model=digit_log_probabilities is not None), previous))
             if options:
                 best[index] = max(options, key=lambda option: option[0])
         endings = [index for index, (_, stop) in enumerate(self.spans)
@@ -140,7 +141,7 @@ class Segmentation:
         chosen.reverse()
         return [index for index in chosen if not self.dots[index]][:MAX_DIGITS]
 
-    def _boundary_penalty(self, first: int, second: int) -> float:
+    def _boundary_penalty(self, first: int, second: int, *, with_model: bool = True) -> float:
         """What it costs to end one digit at candidate `first` and start the next at `second`.
 
         Pieces that share columns with one above the other, or that share most columns, are
@@ -155,15 +156,16 @@ class Segmentation:
         narrower = max(min(right_a - left_a, right_b - left_b), 1)
         if overlap >= STACKED_OVERLAP * narrower:
             penalty += STACKED_PENALTY
-        elif overlap > 0 and self.heights:
+        elif overlap > 0:
             top_a, bottom_a = self.heights[first]
             top_b, bottom_b = self.heights[second]
             shared_rows = min(bottom_a, bottom_b) - max(top_a, top_b)
             if shared_rows <= 0.5 * min(bottom_a - top_a, bottom_b - top_b):
                 penalty += STACKED_PENALTY
         start = self.spans[second][0]
-        if self.atom_pieces and self.atom_pieces[start - 1] == self.atom_pieces[start]:
-            penalty += CUT_PENALTY
+        if self.atom_pieces[start - 1] == self.atom_pieces[start]:
+            # Without a model to say both halves are digits, a cut is taken only for very wide ink.
+            penalty += CUT_PENALTY if with_model else MODEL_FREE_CUT_PENALTY
         return penalty
 
 
@@ -267,6 +269,9 @@ def _is_dot(mask: np.ndarray) -> bool:
     """
     if mask.sum() == 0:
         return True
+    if max(mask.shape) >= 1.35 * min(mask.shape):
+        # Longer than wide: the pen's reach is at most half the width, so not a tap.
+        return False
     radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max())
     return max(mask.shape) < 1.35 * 2 * radius
 
@@ -277,9 +282,13 @@ def _atoms(mask: np.ndarray, cuttable_width: float = CUTTABLE_WIDTH) -> list[Ato
         return []
     rows = np.flatnonzero(mask.any(axis=1))
     line_height = int(rows[-1] - rows[0] + 1)
-    pen_width = _pen_width(mask)
     atoms: list[Atom] = []
+    pen_width = None
     for piece in pieces:
+        if piece.right - piece.left < cuttable_width * line_height:
+            atoms.append(piece)
+            continue
+        pen_width = _pen_width(mask) if pen_width is None else pen_width
         atoms.extend(_split(piece, _cut_columns(piece, line_height, pen_width, cuttable_width)))
     atoms.sort(key=lambda atom: atom.centre_column)
     while len(atoms) > MAX_ATOMS:
@@ -327,7 +336,7 @@ def segment(image) -> Segmentation:
     if not atoms:
         return Segmentation(candidates=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
                             spans=(), boxes=(), priors=np.zeros(0), atom_count=0, extents=(),
-                            dots=(), wide=())
+                            dots=(), wide=(), heights=(), atom_pieces=())
     rows = np.flatnonzero(mask.any(axis=1))
     line_height = float(rows[-1] - rows[0] + 1)
     candidates, spans, boxes, priors, extents, dots, wide, heights = [], [], [], [], [], [], [], []

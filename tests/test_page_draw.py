@@ -61,7 +61,7 @@ def test_predict_shows_the_digit_its_probabilities_and_stores_it(app_settings, f
     probabilities = chart_with_columns(app, "digit", "probability", "predicted")
     assert list(probabilities["digit"]) == list(range(10))
     assert probabilities["probability"].to_numpy() == pytest.approx(np.array(expected.probabilities), abs=1e-6)
-    assert any("What the model saw" in caption for image in app.image for caption in image.captions)
+    assert any("What the model saw" in caption for image in app.image for caption in image.captions), [image.captions for image in app.image]
     assert any(toast.value == "Saved." for toast in app.toast)
 
     records = stored_records(app_settings)
@@ -94,6 +94,20 @@ def test_a_blank_canvas_says_draw_first_and_stores_nothing(app_settings, fake_ca
     assert not app.exception, app.exception
     assert [message.value for message in app.info] == ["Draw a digit first."]
     assert not app.metric
+    assert len(stored_records(app_settings)) == before
+
+
+def test_a_letter_is_answered_not_a_digit_and_stores_nothing(app_settings, fake_canvas):
+    from evaluation.non_digits import draw_letter
+
+    app = draw_page()
+    before = len(stored_records(app_settings))
+    fake_canvas.picture = draw_letter("H", np.random.default_rng(4))
+    app.button(key="draw_predict").click().run()
+
+    assert not app.exception, app.exception
+    assert [metric.value for metric in app.metric] == ["Not a digit"]
+    assert any("does not look like a digit" in message.value for message in app.warning)
     assert len(stored_records(app_settings)) == before
 
 

@@ -19,7 +19,10 @@ def test_model_page_shows_the_model_card(app_settings):
 
     assert not app.exception, app.exception
     figures = {metric.label: metric.value for metric in app.metric}
-    assert figures["MNIST test accuracy"] == f"{card['test_accuracy']:.2%}"
+    assert figures["MNIST test accuracy (through the app)"] == f"{card['test_accuracy']:.2%}"
+    real = card["real_handwriting"]
+    assert figures["Real pen digits, filling the canvas"] == f"{real['dev_fit_accuracy']:.2%}"
+    assert figures["Numbers of 2-4 digits read exactly"] == f"{real['numbers_2_to_4_exact']:.1%}"
     assert figures["Parameters"] == f"{card['parameter_count']:,}"
     per_class = chart_with_columns(app, "digit", "measure", "value")
     recall_of_eight = per_class[(per_class["digit"] == 8) & (per_class["measure"] == "recall")]["value"].iloc[0]

@@ -48,7 +48,7 @@ def test_json_round_trip_is_equal(make_record) -> None:
         ("true_label", -1, "true_label"),
         ("confidence", float("nan"), "confidence"),
         ("probabilities", (0.1,) * 9, "10 values"),
-        ("probabilities", (0.5,) * 10, "add up to 1"),
+        ("probabilities", (0.5,) * 10, "add up to at most 1"),
         ("model_input", bytes(100), "784"),
         ("model_input", numpy.zeros((28, 28), dtype=numpy.float32), "uint8"),
         ("source", "camera", "source"),

@@ -15,8 +15,11 @@ CARD_KEYS = {"architecture", "parameter_count", "test_accuracy", "per_class",
 
 
 def smoke_options(tmp_path, name: str) -> TrainingOptions:
-    return TrainingOptions(epochs=1, train_subset=1024, output=tmp_path / name / "model.keras",
-                           data_source="hub", verbose=0, seed=5)
+    # Scanned MNIST and a few non-digits only (the canvas drawings take minutes to make), in
+    # batches small enough that batch normalisation's moving statistics settle in two epochs.
+    return TrainingOptions(epochs=2, train_subset=3000, output=tmp_path / name / "model.keras",
+                           data_source="hub", verbose=0, seed=5, canvas_passes=0, mnist_passes=1,
+                           batch_size=16)
 
 
 def test_smoke_training_writes_model_and_card(tmp_path, mnist):
@@ -28,10 +31,12 @@ def test_smoke_training_writes_model_and_card(tmp_path, mnist):
     assert saved_card == json.loads(json.dumps(card))
     matrix = np.array(card["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == len(mnist.test_labels)
-    assert card["test_accuracy"] == np.trace(matrix) / matrix.sum()
-    # One epoch on 1,024 images already reads far better than chance.
+    # Through the product a split or refused digit is an error even where the likeliest
+    # digit (the matrix) was right.
+    assert card["test_accuracy"] <= np.trace(matrix) / matrix.sum()
+    # Two epochs on 3,000 images already read far better than chance.
     assert card["test_accuracy"] > 0.5
-    assert len(card["history"]["val_accuracy"]) == 1
+    assert len(card["history"]["val_accuracy"]) == 2
 
     repeat = train(smoke_options(tmp_path, "second"), data=mnist)
     first, second = load_model(output), load_model(tmp_path / "second" / "model.keras")

@@ -134,8 +134,9 @@ class PredictionRecord:
         )
         if len(probabilities) != DIGIT_COUNT:
             raise ValueError(f"probabilities must hold {DIGIT_COUNT} values, one per digit; got {len(probabilities)}.")
-        if abs(sum(probabilities) - 1.0) > 1e-3:
-            raise ValueError(f"probabilities must add up to 1; they add up to {sum(probabilities):.4f}.")
+        # They may add up to less than 1: the model's remaining share is "not a digit".
+        if sum(probabilities) > 1.0 + 1e-3:
+            raise ValueError(f"probabilities must add up to at most 1; they add up to {sum(probabilities):.4f}.")
         object.__setattr__(self, "probabilities", probabilities)
         object.__setattr__(self, "model_input", _as_model_input_bytes(self.model_input))
         if self.source not in SOURCES:

@@ -28,7 +28,7 @@ from cassandra.policies import HostStateListener
 
 from mnist_core.settings import Settings, get_settings
 from mnist_core.storage import buckets, connection, migrations, outbox
-from mnist_core.storage.errors import PredictionNotFound, StorageAuthenticationError, StorageUnavailable
+from mnist_core.storage.errors import PredictionNotFound, StorageAuthenticationError, StorageError, StorageUnavailable
 from mnist_core.storage.records import (
     AccuracyReport,
     HistoryCounts,
@@ -549,5 +549,14 @@ class PredictionStore:
 
 @functools.lru_cache(maxsize=1)
 def get_storage() -> PredictionStore:
-    """The process-wide store, built from :func:`mnist_core.settings.get_settings` on first call (no I/O until then)."""
-    return PredictionStore(get_settings())
+    """The process-wide store, built from :func:`mnist_core.settings.get_settings` on first call.
+
+    It makes one bounded connection attempt at once, so the first answers already say
+    "saved"; if Cassandra cannot be reached, the writer keeps trying in the background.
+    """
+    store = PredictionStore(get_settings())
+    try:
+        store.connect(attempts=1)
+    except StorageError as error:
+        logger.warning("Starting without Cassandra for now: %s", error)
+    return store
