@@ -291,13 +291,11 @@ def _atoms(mask: np.ndarray, cuttable_width: float = CUTTABLE_WIDTH) -> list[Ato
         pen_width = _pen_width(mask) if pen_width is None else pen_width
         atoms.extend(_split(piece, _cut_columns(piece, line_height, pen_width, cuttable_width)))
     atoms.sort(key=lambda atom: atom.centre_column)
-    while len(atoms) > MAX_ATOMS:
-        # Join the closest neighbours until the search is bounded.
-        gaps = [atoms[index + 1].centre_column - atoms[index].centre_column
-                for index in range(len(atoms) - 1)]
-        index = int(np.argmin(gaps))
-        # The joined atom keeps the left one's piece, so a cut beside it still counts as one.
-        atoms[index:index + 2] = [_union(atoms[index:index + 2])]
+    if len(atoms) > MAX_ATOMS:
+        # Noise or a scribble of many pieces: neighbours (left to right) are joined into
+        # MAX_ATOMS runs of about equal count, in one pass whatever the number of pieces.
+        runs = np.array_split(np.arange(len(atoms)), MAX_ATOMS)
+        atoms = [_union([atoms[index] for index in run]) for run in runs]
     return atoms
 
 
