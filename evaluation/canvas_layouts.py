@@ -70,6 +70,7 @@ def compose_number(digits: Sequence[PenDigit], random: np.random.Generator) -> C
     placed: list[list[np.ndarray]] = []
     gaps: list[float] = []
     cursor = 0.0
+    previous_width = 0.0
     for index, digit in enumerate(digits):
         low, high = _bounds(digit.strokes)
         extent = np.maximum(high - low, 1.0)
