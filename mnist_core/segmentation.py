@@ -272,6 +272,9 @@ def _is_dot(mask: np.ndarray) -> bool:
     if max(mask.shape) >= 1.35 * min(mask.shape):
         # Longer than wide: the pen's reach is at most half the width, so not a tap.
         return False
+    if max(mask.shape) >= 1.35 * 2 * np.sqrt(mask.sum() / np.pi):
+        # No disc inside the mark can be larger than a disc of the mark's whole area.
+        return False
     radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max())
     return max(mask.shape) < 1.35 * 2 * radius
 
