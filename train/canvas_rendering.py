@@ -18,6 +18,7 @@ processes (it is a few minutes of NumPy and Pillow work).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 
@@ -199,13 +200,16 @@ def redrawn_digit(image: np.ndarray, label: int, random: np.random.Generator) ->
     return model_input(paint(_warp(with_style(points, label, random), random), random))
 
 
-_FONT_CACHE: dict[int, ImageFont.FreeTypeFont] = {}
+@functools.lru_cache(maxsize=1)
+def _letter_font() -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font, loaded once per process rather than for every letter drawn."""
+    return ImageFont.load_default(size=60)
 
 
 def _letter_points(letter: str) -> np.ndarray:
     from PIL import ImageDraw
 
-    font = _FONT_CACHE.setdefault(0, ImageFont.load_default(size=60))
+    font = _letter_font()
     canvas = Image.new("L", (90, 90), 0)
     ImageDraw.Draw(canvas).text((15, 5), letter, font=font, fill=255)
     return centre_points(np.asarray(canvas, dtype=np.float32) / 255.0, upscale=1)
