@@ -78,14 +78,12 @@ def charts_ui(summary: readings.HistorySummary, granularity: str) -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Confidence")
-        if summary.records:
+        if sum(summary.counts.confidence_histogram):
             st.altair_chart(
-                charts.confidence_histogram([record.confidence for record in summary.records]),
+                charts.confidence_histogram(summary.counts.confidence_histogram),
                 width="stretch",
                 key="history_confidence_chart",
             )
-        if summary.records_truncated:
-            st.caption(f"From the latest {len(summary.records):,} predictions of the range.")
     with right:
         st.subheader("Feedback: true vs predicted")
         if summary.accuracy.corrections:
@@ -122,6 +120,9 @@ def table_ui(summary: readings.HistorySummary) -> None:
         icon=":material/download:",
         key="history_download",
     )
+    if summary.records_truncated:
+        st.caption(f"The CSV holds the latest {len(summary.records):,} of the range's {summary.total:,} predictions; "
+                   "narrow the range for the rest.")
 
 
 # Page ---------------------------------------------------------------------------------

@@ -71,16 +71,21 @@ def counts_over_time_chart(rows: Sequence[dict], *, granularity: str) -> alt.Cha
     )
 
 
-def confidence_histogram(confidences: Sequence[float]) -> alt.Chart:
-    """How sure the model was, in 5 % bins."""
-    frame = pd.DataFrame({"confidence": [float(value) for value in confidences]})
+def confidence_histogram(bin_counts: Sequence[int]) -> alt.Chart:
+    """How sure the model was: predictions per 5 % confidence bin (the rollups' histogram)."""
+    width = 1 / len(bin_counts)
+    frame = pd.DataFrame({
+        "from": [index * width for index in range(len(bin_counts))],
+        "to": [(index + 1) * width for index in range(len(bin_counts))],
+        "predictions": [int(count) for count in bin_counts],
+    })
     return (
         alt.Chart(frame, height=220)
         .mark_bar()
         .encode(
-            x=alt.X("confidence:Q", bin=alt.Bin(extent=[0, 1], step=0.05), title="Confidence",
-                    axis=alt.Axis(format="%")),
-            y=alt.Y("count():Q", title="Predictions"),
+            x=alt.X("from:Q", title="Confidence", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            x2="to:Q",
+            y=alt.Y("predictions:Q", title="Predictions"),
         )
     )
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import typing
-import zoneinfo
 
 from mnist_core.inference import Reading, Recognizer
+from mnist_core.storage import buckets
 from mnist_core.storage import AccuracyReport, HistoryCounts, PredictionRecord, PredictionStore, StoreOutcome
 from mnist_core.storage.records import SOURCES
 
-# The History page reads at most this many predictions for its per-prediction figures
-# (mean confidence, confidence distribution, table, CSV); counts per digit are exact.
+# The History page lists at most this many predictions of its range (table, CSV); every figure
+# (counts, mean confidence, confidence histogram, accuracy) comes from rollups of the whole range.
 DEFAULT_RECORD_LIMIT = 5000
 # Uploads and API bodies above this size are refused before decoding (matches server.maxUploadSize = 2 MB).
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
@@ -100,10 +100,8 @@ class HistorySummary:
 
     @property
     def mean_confidence(self) -> float | None:
-        """Mean confidence over the predictions read for the range; None when there are none."""
-        if not self.records:
-            return None
-        return sum(record.confidence for record in self.records) / len(self.records)
+        """Mean confidence over every prediction of the range (from the rollups); None when there is none."""
+        return self.counts.mean_confidence
 
     @property
     def is_empty(self) -> bool:
@@ -201,8 +199,4 @@ def record_rows(records: typing.Iterable[PredictionRecord], *, timezone: str) ->
     ]
 
 
-def _zone(name: str) -> zoneinfo.ZoneInfo:
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{name!r} is not a known time zone; use an IANA name such as 'Europe/Paris'.") from None
+_zone = buckets.zone

@@ -219,7 +219,9 @@ def create_routes(
                 "status": "ok" if status.connected else "degraded",
                 "model_loaded": True,
                 "model_version": recognizer.model_version,
-                "storage": {"state": status.state, "pending": status.pending, "message": status.message},
+                "storage": {"state": status.state, "pending": status.pending, "message": status.message,
+                            "dead_letters": status.dead_letters, "other_target_pending": status.other_target_pending,
+                            "warnings": list(status.warnings)},
             }
         )
 

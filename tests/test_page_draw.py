@@ -35,13 +35,13 @@ def draw_page() -> AppTest:
 
 
 def stored_records(settings):
-    from mnist_core.storage import PredictionStore
+    """What the app's own store (the one the page wrote through) holds, once its writer has sent it."""
+    from mnist_core.storage import get_storage
 
-    store = PredictionStore(settings, background=False)
-    try:
-        return store.latest(100)
-    finally:
-        store.close()
+    store = get_storage()
+    assert store.settings == settings
+    store.flush()
+    return store.latest(100)
 
 
 def test_predict_shows_the_digit_its_probabilities_and_stores_it(app_settings, fake_canvas, drawn_digit, recognizer):

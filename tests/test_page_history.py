@@ -74,8 +74,9 @@ def test_history_shows_counts_charts_feedback_and_the_table(app_settings):
     assert dict(zip(counts["digit"], counts["count"])) == {digit: {3: 2, 8: 1}.get(digit, 0) for digit in range(10)}
     over_time = chart_with_columns(app, "period_start", "digit", "count")
     assert over_time["count"].sum() == 3
-    confidences = chart_with_columns(app, "confidence")
-    assert sorted(confidences["confidence"]) == pytest.approx([0.5, 0.7, 0.9])
+    confidences = chart_with_columns(app, "from", "to", "predictions")
+    filled = confidences[confidences["predictions"] > 0]
+    assert sorted(filled["from"]) == pytest.approx([0.5, 0.7, 0.9]) and filled["predictions"].sum() == 3
     confusion = chart_with_columns(app, "true", "predicted", "count")
     cell = confusion[(confusion["true"] == 0) & (confusion["predicted"] == 8)]
     assert int(cell["count"].iloc[0]) == 1

@@ -60,7 +60,8 @@ def test_predict_with_a_raw_png_body_stores_an_api_prediction(client, digit_png,
     assert answer["number"] is None
     assert len(answer["probabilities"]) == 10
     assert answer["confidence"] == pytest.approx(max(answer["probabilities"]), abs=1e-5)
-    assert answer["stored"] == "stored"
+    assert answer["stored"] == "accepted"
+    store.flush()
     row = raw_session.execute(
         f"SELECT source, digit FROM {store.settings.cassandra_keyspace}.predictions_by_day WHERE day = %s",
         (datetime.datetime.now(datetime.timezone.utc).date(),),

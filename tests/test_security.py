@@ -75,6 +75,7 @@ def test_hostile_text_is_stored_and_read_back_literally(store, raw_session) -> N
     for record in records:
         store.store(record)
 
+    store.flush()
     read_back = {record.id: record for record in store.latest(100)}
     for record in records:
         assert read_back[record.id] == record, record.model_version

@@ -10,7 +10,7 @@ import zoneinfo
 
 import pytest
 
-from mnist_core.storage import PredictionNotFound, PredictionStore, StoreOutcome
+from mnist_core.storage import PredictionStore, StoreOutcome
 
 pytestmark = pytest.mark.cassandra
 
@@ -25,8 +25,8 @@ def test_every_field_round_trips(store, make_record) -> None:
     with_everything = make_record(digit=4, number="42", true_label=2, source="api", latency_ms=12.5,
                                   confidence=0.5, probabilities=(0.5, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.1))
     with_nothing_optional = make_record(digit=9)
-    assert store.store(with_everything) is StoreOutcome.STORED
-    assert store.store(with_nothing_optional) is StoreOutcome.STORED
+    assert store.store(with_everything) is StoreOutcome.ACCEPTED
+    assert store.store(with_nothing_optional) is StoreOutcome.ACCEPTED
 
     latest = {record.id: record for record in store.latest(50)}
 
@@ -50,7 +50,7 @@ def test_a_thousand_predictions_in_the_same_millisecond_are_all_kept(store, make
     records = [make_record(digit=index % 10, created_at=same_moment) for index in range(1000)]
     assert len({record.id for record in records}) == 1000
 
-    assert store.store_many(records) is StoreOutcome.STORED
+    assert store.store_many(records) is StoreOutcome.ACCEPTED
     store.flush()
 
     stored = _rows_in_day(raw_session, store.settings.cassandra_keyspace, same_moment.date())
@@ -160,10 +160,11 @@ def test_corrections_feed_accuracy_and_the_confusion_matrix(store, make_record) 
     for record in (predicted_three, predicted_eight, predicted_one_uncorrected, labelled_at_birth):
         store.store(record)
 
-    assert store.record_correction(predicted_three.id, 3) is StoreOutcome.STORED
-    assert store.record_correction(predicted_eight.id, 0) is StoreOutcome.STORED
+    assert store.record_correction(predicted_three.id, 3) is StoreOutcome.ACCEPTED
+    assert store.record_correction(predicted_eight.id, 0) is StoreOutcome.ACCEPTED
     # A second correction replaces the first one instead of adding to it.
-    assert store.record_correction(predicted_eight.id, 9) is StoreOutcome.STORED
+    assert store.record_correction(predicted_eight.id, 9) is StoreOutcome.ACCEPTED
+    store.flush()  # accuracy counts corrections once sent (the app's writer sends them within milliseconds)
 
     report = store.accuracy(start=datetime.date(2005, 3, 1), end=datetime.date(2005, 4, 30), timezone="UTC")
     assert report.corrections == 3
@@ -184,13 +185,39 @@ def test_correction_is_visible_on_the_prediction_and_survives_a_replay(store, ma
     store.record_correction(record.id, 7)
     # Replaying the original prediction (as the outbox may) must not erase the correction.
     store.store(record)
+    store.flush()
     stored = {item.id: item for item in store.latest(100)}
     assert stored[record.id].true_label == 7
 
 
-def test_correcting_an_unknown_prediction_says_so(store) -> None:
-    with pytest.raises(PredictionNotFound, match="No stored prediction"):
-        store.record_correction(uuid.uuid1(), 3)
+def test_a_correction_sent_before_its_prediction_is_visible_is_retried_not_dropped(store, make_record,
+                                                                                  monkeypatch) -> None:
+    monkeypatch.setattr(store._outbox, "first_retry_delay_seconds", 0.05)
+    record = make_record(digit=2)
+    store.record_correction(record.id, 8)  # its prediction is not in Cassandra yet
+    store.flush()
+    assert store.status().pending == 1, "the correction was dropped instead of kept for a retry"
+    store.store(record)
+    deadline = time.monotonic() + 10
+    while store.status().pending and time.monotonic() < deadline:
+        store.flush()
+        time.sleep(0.05)
+    assert store.status().pending == 0
+    assert {item.id: item for item in store.latest(100)}[record.id].true_label == 8
+    report = store.accuracy(start=record.created_at.date(), end=record.created_at.date(), timezone="UTC")
+    assert report.confusion[8][2] == 1
+
+
+def test_a_correction_of_an_unknown_prediction_ends_in_the_dead_letter_table_and_status_says_so(store) -> None:
+    from mnist_core.storage import outbox
+
+    store._outbox.first_retry_delay_seconds = 0.0
+    store.record_correction(uuid.uuid1(), 3)
+    for _ in range(outbox.MAX_ATTEMPTS):
+        store.flush()
+    status = store.status()
+    assert status.pending == 0 and status.dead_letters == 1
+    assert "dead_letter" in status.message
     with pytest.raises(ValueError, match="true_label"):
         store.record_correction(uuid.uuid1(), 12)
 
@@ -208,10 +235,10 @@ def test_counts_written_by_another_process_are_refreshed_from_markers(settings_f
     # Yesterday (UTC): no other test in this module writes there, so its markers are all ours.
     now = datetime.datetime.now(UTC) - datetime.timedelta(days=1)
     writer = PredictionStore(settings_for(MNIST_CASSANDRA_REQUEST_TIMEOUT="0.2"), background=False)
-    writer.connect()
     records = [make_record(digit=4, created_at=now) for _ in range(3)]
-    writer.store_many(records)
-    writer.close()  # "crashes" before recounting: its noted slots are lost with it
+    # What the writer does first for a chunk; the process "crashes" before the recount that follows.
+    writer.connect().write_predictions(records)
+    writer.close()
 
     reader = PredictionStore(settings_for(), background=False)
     try:
@@ -247,7 +274,7 @@ def test_the_app_store_keeps_writes_on_disk_first_and_sends_them_behind(settings
         outcomes = [app_store.store(record) for record in records]
         assert set(outcomes) == {StoreOutcome.ACCEPTED}
 
-        # A read sends what is still pending first, so it sees every write of this process.
+        # A read adds what is still pending, so it sees every write of this process.
         counts = app_store.history_counts(start=moment.date(), end=moment.date(), timezone="UTC")
         assert counts.totals_per_digit == (5,) * 10
 

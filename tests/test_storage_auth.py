@@ -59,7 +59,8 @@ def test_correct_credentials_store_and_read(settings_for, application_role, auth
     try:
         store.connect()
         record = make_record(digit=5)
-        assert store.store(record) is StoreOutcome.STORED
+        assert store.store(record) is StoreOutcome.ACCEPTED
+        assert store.flush() == 1  # sent to Cassandra with these credentials
         assert store.latest(1) == [record]
         assert store.status().connected
     finally:
@@ -98,6 +99,7 @@ def test_wrong_password_keeps_predictions_in_the_outbox(settings_for, applicatio
     store = PredictionStore(settings, background=False)
     try:
         assert store.store(make_record(digit=2)) is StoreOutcome.QUEUED
+        assert store.writer.run_once() == 0  # one round of the writer: the node refuses the password
         status = store.status()
         assert status.state == "degraded" and status.pending == 1
         assert "rejected" in status.message
@@ -119,7 +121,8 @@ def test_tls_with_credentials_stores_and_reads_over_an_encrypted_connection(
     try:
         store.connect()
         record = make_record(digit=7)
-        assert store.store(record) is StoreOutcome.STORED
+        assert store.store(record) is StoreOutcome.ACCEPTED
+        assert store.flush() == 1  # sent to Cassandra with these credentials
         assert store.latest(1) == [record]
         # The server's own list of client connections, read by the superuser over a plain connection.
         from cassandra.auth import PlainTextAuthProvider

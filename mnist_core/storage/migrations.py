@@ -123,3 +123,25 @@ def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str
         )
         applied_now.append(migration.version)
     return applied_now
+
+
+def replication_drift(keyspace: str, reported: dict[str, str] | None, wanted: Replication) -> str | None:
+    """A warning when the keyspace is replicated otherwise than the settings ask (None when they agree).
+
+    ``CREATE KEYSPACE IF NOT EXISTS`` never changes an existing keyspace, so a keyspace made with
+    one replica stays at one after the settings ask for three, and LOCAL_QUORUM of one succeeds:
+    nothing else would tell the operator.
+    """
+    if reported is None:
+        return None
+    strategy = reported.get("class", "").rsplit(".", 1)[-1]
+    if strategy == "SimpleStrategy":
+        actual = Replication(strategy=strategy, replication_factor=int(reported.get("replication_factor", 0)))
+    else:
+        factors = tuple(sorted((name, int(value)) for name, value in reported.items() if name != "class"))
+        actual = Replication(strategy=strategy, datacenter_factors=factors)
+    expected = dataclasses.replace(wanted, datacenter_factors=tuple(sorted(wanted.datacenter_factors)))
+    if actual == expected:
+        return None
+    return (f"Keyspace {keyspace} is replicated as {actual.as_cql_map()} but MNIST_CASSANDRA_REPLICATION asks for "
+            f"{wanted.as_cql_map()}: " + "alter the keyspace's replication to match, then run a repair.")

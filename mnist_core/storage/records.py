@@ -20,6 +20,8 @@ from typing import Any
 from mnist_core.storage import buckets
 
 DIGIT_COUNT = 10
+# The confidence histogram of the History page: 20 bins of 5 %, kept per slot in the rollups.
+CONFIDENCE_BINS = 20
 MODEL_INPUT_BYTES = 28 * 28
 SOURCES = ("canvas", "upload", "api")
 # Offset between the UUID version 1 epoch (1582-10-15) and the Unix epoch, in 100 ns units.
@@ -85,6 +87,11 @@ def time_uuid(moment: datetime.datetime) -> uuid.UUID:
             secrets.randbits(48) | 0x010000000000,  # multicast bit: a random node, not a MAC address
         )
     )
+
+
+def confidence_bin(confidence: float) -> int:
+    """The histogram bin of a confidence: [0, 0.05) is bin 0, ..., [0.95, 1] is bin 19."""
+    return min(int(confidence * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)
 
 
 def _truncate_to_milliseconds(moment: datetime.datetime) -> datetime.datetime:
@@ -212,14 +219,12 @@ class PredictionRecord:
 
 
 class StoreOutcome(enum.Enum):
-    """Where a write stands when the call returns.
+    """Where a write stands when the call returns; either way it is on local disk (the outbox).
 
-    STORED: Cassandra acknowledged it. ACCEPTED: it is on local disk (the outbox) and Cassandra
-    is connected, so the background writer sends it within milliseconds. QUEUED: it is on local
-    disk and Cassandra is unreachable; it is sent when Cassandra is back.
+    ACCEPTED: Cassandra is connected and answering, so the writer sends it within milliseconds.
+    QUEUED: Cassandra is unreachable or not answering; it is sent when Cassandra is back.
     """
 
-    STORED = "stored"
     ACCEPTED = "accepted"
     QUEUED = "queued"
 
@@ -236,10 +241,23 @@ class StorageStatus:
     state: str  # "connected" or "degraded"
     pending: int
     message: str
+    dead_letters: int = 0
+    other_target_pending: int = 0
+    warnings: tuple[str, ...] = ()
 
     @property
     def connected(self) -> bool:
         return self.state == "connected"
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotFigures:
+    """One 15-minute UTC slot's rollup: per-digit counts and confidence figures (None: not rolled up)."""
+
+    slot_start: datetime.datetime
+    counts: tuple[int, ...]
+    confidence_histogram: tuple[int, ...] | None
+    confidence_sum: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +281,15 @@ class HistoryCounts:
     end: datetime.date
     hourly: tuple[PeriodCounts, ...]
     daily: tuple[PeriodCounts, ...]
+    # Over the predictions whose confidence was rolled up (all but those stored before schema 002).
+    confidence_histogram: tuple[int, ...] = (0,) * CONFIDENCE_BINS
+    confidence_sum: float = 0.0
+
+    @property
+    def mean_confidence(self) -> float | None:
+        """Mean confidence over the whole range, from the rollups; None when nothing was rolled up."""
+        counted = sum(self.confidence_histogram)
+        return None if counted == 0 else self.confidence_sum / counted
 
     @property
     def totals_per_digit(self) -> tuple[int, ...]:
@@ -299,6 +326,11 @@ class AccuracyReport:
         matrix = [[0] * DIGIT_COUNT for _ in range(DIGIT_COUNT)]
         for true_label, predicted_digit in pairs:
             matrix[true_label][predicted_digit] += 1
+        return cls.from_matrix(matrix)
+
+    @classmethod
+    def from_matrix(cls, matrix: Sequence[Sequence[int]]) -> AccuracyReport:
+        """Build from a 10x10 confusion matrix (rows true labels, columns predictions)."""
         total = sum(map(sum, matrix))
         correct = sum(matrix[digit][digit] for digit in range(DIGIT_COUNT))
         return cls(corrections=total, correct=correct, confusion=tuple(tuple(row) for row in matrix))

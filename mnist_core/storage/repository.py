@@ -10,6 +10,7 @@ Driver exceptions pass through; :mod:`mnist_core.storage.service` decides what t
 from __future__ import annotations
 
 import datetime
+import itertools
 import time
 import uuid
 import zoneinfo
@@ -23,7 +24,10 @@ from mnist_core.settings import KEYSPACE_NAME_PATTERN
 from mnist_core.storage import buckets
 from mnist_core.storage.errors import PredictionNotFound
 from mnist_core.storage.records import (
+    CONFIDENCE_BINS,
     DIGIT_COUNT,
+    SlotFigures,
+    confidence_bin,
     AccuracyReport,
     HistoryCounts,
     PeriodCounts,
@@ -61,7 +65,8 @@ class PredictionRepository:
             "model_input, source, model_version, latency_ms, true_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self._insert_slot_digit = prepare(
-            "INSERT INTO {keyspace}.prediction_digits_by_day (day, slot_start, digit, id) VALUES (?, ?, ?, ?)"
+            "INSERT INTO {keyspace}.prediction_digits_by_day (day, slot_start, digit, id, confidence) "
+            "VALUES (?, ?, ?, ?, ?)"
         )
         self._insert_marker = prepare(
             "INSERT INTO {keyspace}.count_slots_to_refresh_by_day (day, slot_start, requested_at) VALUES (?, ?, ?) "
@@ -74,15 +79,27 @@ class PredictionRepository:
         self._delete_marker = prepare(
             "DELETE FROM {keyspace}.count_slots_to_refresh_by_day USING TIMESTAMP ? WHERE day = ? AND slot_start = ?"
         )
-        self._count_slot = prepare(
-            "SELECT digit, COUNT(*) AS predictions FROM {keyspace}.prediction_digits_by_day "
-            "WHERE day = ? AND slot_start = ? GROUP BY digit"
+        self._select_slot = prepare(
+            "SELECT digit, confidence FROM {keyspace}.prediction_digits_by_day WHERE day = ? AND slot_start = ?"
         )
         self._insert_rollup = prepare(
-            "INSERT INTO {keyspace}.digit_counts_by_day (day, slot_start, counts) VALUES (?, ?, ?) USING TIMESTAMP ?"
+            "INSERT INTO {keyspace}.digit_counts_by_day (day, slot_start, counts, confidence_histogram, confidence_sum) "
+            "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
         )
         self._select_rollup = prepare(
-            "SELECT slot_start, counts FROM {keyspace}.digit_counts_by_day WHERE day = ? AND slot_start >= ? "
+            "SELECT slot_start, counts, confidence_histogram, confidence_sum FROM {keyspace}.digit_counts_by_day "
+            "WHERE day = ? AND slot_start >= ? AND slot_start < ?"
+        )
+        self._select_slot_corrections = prepare(
+            "SELECT predicted_digit, true_label FROM {keyspace}.corrections_by_day "
+            "WHERE day = ? AND prediction_id >= minTimeuuid(?) AND prediction_id <= maxTimeuuid(?)"
+        )
+        self._insert_correction_rollup = prepare(
+            "INSERT INTO {keyspace}.correction_counts_by_day (day, slot_start, confusion) VALUES (?, ?, ?) "
+            "USING TIMESTAMP ?"
+        )
+        self._select_correction_rollup = prepare(
+            "SELECT confusion FROM {keyspace}.correction_counts_by_day WHERE day = ? AND slot_start >= ? "
             "AND slot_start < ?"
         )
         self._select_latest = prepare("SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? LIMIT ?")
@@ -92,15 +109,22 @@ class PredictionRepository:
         self._select_prediction_key = prepare(
             "SELECT digit, model_version FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at = ? AND id = ?"
         )
+        # A correction's cells carry its own time as their write time: the latest label wins
+        # whatever order retries and replays deliver them in.
         self._update_true_label = prepare(
-            "UPDATE {keyspace}.predictions_by_day SET true_label = ? WHERE day = ? AND created_at = ? AND id = ?"
+            "UPDATE {keyspace}.predictions_by_day USING TIMESTAMP ? SET true_label = ? "
+            "WHERE day = ? AND created_at = ? AND id = ?"
         )
         self._insert_correction = prepare(
             "INSERT INTO {keyspace}.corrections_by_day (day, prediction_id, created_at, predicted_digit, true_label, "
             "model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
-        self._select_corrections = prepare(
-            "SELECT created_at, predicted_digit, true_label FROM {keyspace}.corrections_by_day WHERE day = ?"
+        self._insert_correction_at = prepare(
+            "INSERT INTO {keyspace}.corrections_by_day (day, prediction_id, created_at, predicted_digit, true_label, "
+            "model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        )
+        self._select_replication = prepare(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?"
         )
         self._select_release_version = prepare("SELECT release_version FROM system.local")
 
@@ -143,7 +167,7 @@ class PredictionRepository:
                     UNSET_VALUE if record.true_label is None else record.true_label,
                 ),
             ),
-            (self._insert_slot_digit, (day, slot, record.digit, record.id)),
+            (self._insert_slot_digit, (day, slot, record.digit, record.id, record.confidence)),
         ]
         now = now_microseconds()
         if len(self._marker_written_until) > 10_000:
@@ -214,7 +238,7 @@ class PredictionRepository:
     # Counting ---------------------------------------------------------------------------
 
     def refresh_slots(self, slots: Iterable[datetime.datetime], *, concurrency: int = 32) -> None:
-        """Recount each slot from the narrow table and store its rollup row.
+        """Recount each slot from the narrow table and store its rollup row (counts and confidence figures).
 
         The rollup is written with the time the recount began as its write timestamp, so when
         two recounts race, the later one (which saw every write acknowledged before it) wins.
@@ -224,16 +248,47 @@ class PredictionRepository:
             return
         started = now_microseconds()
         results = execute_concurrent(
-            self._session, [(self._count_slot, (buckets.utc_day(slot), slot)) for slot in slots],
+            self._session, [(self._select_slot, (buckets.utc_day(slot), slot)) for slot in slots],
             concurrency=concurrency, raise_on_first_error=True,
         )
         writes = []
         for slot, (success, rows) in zip(slots, results):
             counts = [0] * DIGIT_COUNT
+            histogram = [0] * CONFIDENCE_BINS
+            confidence_sum = 0.0
             for row in rows:
-                counts[row.digit] = row.predictions
-            writes.append((self._insert_rollup, (buckets.utc_day(slot), slot, counts, started)))
+                counts[row.digit] += 1
+                if row.confidence is not None:
+                    histogram[confidence_bin(row.confidence)] += 1
+                    confidence_sum += row.confidence
+            writes.append((self._insert_rollup,
+                           (buckets.utc_day(slot), slot, counts, histogram, confidence_sum, started)))
         execute_concurrent(self._session, writes, concurrency=concurrency, raise_on_first_error=True)
+
+    def refresh_correction_slots(self, slots: Iterable[datetime.datetime], *, concurrency: int = 32) -> None:
+        """Recount the confusion matrix of each slot's corrected predictions and store its rollup row."""
+        slots = sorted(set(slots))
+        if not slots:
+            return
+        started = now_microseconds()
+        last_moment = buckets.SLOT_LENGTH - datetime.timedelta(milliseconds=1)
+        results = execute_concurrent(
+            self._session,
+            [(self._select_slot_corrections, (buckets.utc_day(slot), slot, slot + last_moment)) for slot in slots],
+            concurrency=concurrency, raise_on_first_error=True,
+        )
+        writes = []
+        for slot, (success, rows) in zip(slots, results):
+            confusion = [0] * (DIGIT_COUNT * DIGIT_COUNT)
+            for row in rows:
+                confusion[row.true_label * DIGIT_COUNT + row.predicted_digit] += 1
+            writes.append((self._insert_correction_rollup, (buckets.utc_day(slot), slot, confusion, started)))
+        execute_concurrent(self._session, writes, concurrency=concurrency, raise_on_first_error=True)
+
+    def replication(self) -> dict[str, str] | None:
+        """The keyspace's replication options as Cassandra reports them (None if it does not exist)."""
+        row = self._session.execute(self._select_replication, (self._keyspace,)).one()
+        return None if row is None else dict(row.replication)
 
     def slots_marked_for_refresh(self, days: Iterable[datetime.date]) -> dict[datetime.datetime, int]:
         """Slots with a dirty marker on those UTC days, each with the time its marker stays valid until."""
@@ -259,8 +314,12 @@ class PredictionRepository:
         execute_concurrent(self._session, deletions, concurrency=32, raise_on_first_error=True)
         return len(marked)
 
-    def history_counts(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo) -> HistoryCounts:
-        """Per-digit counts per local hour and local day, for local days start..end in the zone."""
+    def history_counts(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo,
+                       pending: Iterable[SlotFigures] = ()) -> HistoryCounts:
+        """Per-digit counts per local hour and local day, and the confidence figures, for local days start..end.
+
+        ``pending`` adds slots' figures that are not in Cassandra yet (this process's outbox).
+        """
         utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
         futures = [
             self._session.execute_async(self._select_rollup, (day, utc_start, utc_end))
@@ -275,14 +334,27 @@ class PredictionRepository:
             hourly.setdefault(_local_hour(local), [0] * DIGIT_COUNT)
             daily.setdefault(local.date(), [0] * DIGIT_COUNT)
             slot += buckets.SLOT_LENGTH
-        for future in futures:
-            for row in future.result():
-                local = buckets.from_cassandra_timestamp(row.slot_start).astimezone(zone)
-                hour_counts = hourly[_local_hour(local)]
-                day_counts = daily[local.date()]
-                for digit, count in enumerate(row.counts):
-                    hour_counts[digit] += count
-                    day_counts[digit] += count
+        histogram = [0] * CONFIDENCE_BINS
+        confidence_sum = 0.0
+        stored = (
+            SlotFigures(slot_start=buckets.from_cassandra_timestamp(row.slot_start), counts=tuple(row.counts),
+                        confidence_histogram=None if row.confidence_histogram is None else tuple(row.confidence_histogram),
+                        confidence_sum=row.confidence_sum or 0.0)
+            for future in futures for row in future.result()
+        )
+        for figures in itertools.chain(stored, pending):
+            if not utc_start <= figures.slot_start < utc_end:
+                continue
+            local = figures.slot_start.astimezone(zone)
+            hour_counts = hourly[_local_hour(local)]
+            day_counts = daily[local.date()]
+            for digit, count in enumerate(figures.counts):
+                hour_counts[digit] += count
+                day_counts[digit] += count
+            if figures.confidence_histogram is not None:
+                for index, count in enumerate(figures.confidence_histogram):
+                    histogram[index] += count
+                confidence_sum += figures.confidence_sum
         return HistoryCounts(
             timezone=zone.key,
             start=start,
@@ -294,6 +366,8 @@ class PredictionRepository:
                 PeriodCounts(start=datetime.datetime.combine(day, datetime.time.min, tzinfo=zone), counts=tuple(counts))
                 for day, counts in sorted(daily.items())
             ),
+            confidence_histogram=tuple(histogram),
+            confidence_sum=confidence_sum,
         )
 
     # Reading predictions ----------------------------------------------------------------
@@ -337,25 +411,26 @@ class PredictionRepository:
         key = self._session.execute(self._select_prediction_key, (day, created_at, prediction_id)).one()
         if key is None:
             raise PredictionNotFound(f"No stored prediction has the id {prediction_id}.")
+        written_at = int(buckets.as_utc(corrected_at).timestamp() * 1_000_000)
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-        batch.add(self._update_true_label, (true_label, day, created_at, prediction_id))
-        batch.add(self._insert_correction,
-                  (day, prediction_id, created_at, key.digit, true_label, key.model_version, corrected_at))
+        batch.add(self._update_true_label, (written_at, true_label, day, created_at, prediction_id))
+        batch.add(self._insert_correction_at,
+                  (day, prediction_id, created_at, key.digit, true_label, key.model_version, corrected_at, written_at))
         batch.is_idempotent = True
         self._session.execute(batch)
 
     def accuracy(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo) -> AccuracyReport:
-        """Accuracy and confusion matrix from corrections of predictions made on local days start..end."""
+        """Accuracy and confusion matrix from the correction rollups of local days start..end (one read per UTC day)."""
         utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
-        futures = [self._session.execute_async(self._select_corrections, (day,))
+        futures = [self._session.execute_async(self._select_correction_rollup, (day, utc_start, utc_end))
                    for day in buckets.utc_days_between(utc_start, utc_end)]
-        pairs = []
+        matrix = [0] * (DIGIT_COUNT * DIGIT_COUNT)
         for future in futures:
             for row in future.result():
-                created_at = buckets.from_cassandra_timestamp(row.created_at)
-                if utc_start <= created_at < utc_end:
-                    pairs.append((row.true_label, row.predicted_digit))
-        return AccuracyReport.from_pairs(pairs)
+                for index, count in enumerate(row.confusion):
+                    matrix[index] += count
+        return AccuracyReport.from_matrix(
+            [matrix[row * DIGIT_COUNT:(row + 1) * DIGIT_COUNT] for row in range(DIGIT_COUNT)])
 
 
 def _milliseconds(moment: datetime.datetime) -> datetime.datetime:
