@@ -74,6 +74,7 @@ _ADDED_COLUMNS = {
     "attempts": "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
     "retry_at": "ALTER TABLE outbox ADD COLUMN retry_at REAL NOT NULL DEFAULT 0",
     "last_error": "ALTER TABLE outbox ADD COLUMN last_error TEXT",
+    "resent": "ALTER TABLE outbox ADD COLUMN resent INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -169,12 +170,12 @@ class Outbox:
 
     # The writer's side ------------------------------------------------------------------
 
-    def peek(self, limit: int) -> list[OutboxEntry]:
-        """The oldest entries of this target that are due (deferred ones wait for their retry time), in order."""
+    def peek(self, limit: int, *, after: int = 0) -> list[OutboxEntry]:
+        """The oldest due entries of this target after sequence ``after`` (deferred ones wait for their retry time)."""
         with self._lock:
             rows = self._connection.execute(
-                "SELECT sequence, kind, payload, attempts FROM outbox WHERE target = ? AND retry_at <= ?"
-                " ORDER BY sequence LIMIT ?", (self.target, time.time(), limit)).fetchall()
+                "SELECT sequence, kind, payload, attempts FROM outbox WHERE target = ? AND sequence > ?"
+                " AND retry_at <= ? ORDER BY sequence LIMIT ?", (self.target, after, time.time(), limit)).fetchall()
         return [OutboxEntry(sequence=row[0], kind=row[1], payload=_payload(row[2]), attempts=row[3]) for row in rows]
 
     def acknowledge(self, sequences: Iterable[int]) -> None:
@@ -232,7 +233,7 @@ class Outbox:
                 for sequence, kind, payload, enqueued_at in rows:
                     cursor = self._connection.execute(
                         "INSERT OR IGNORE INTO outbox (sequence, kind, payload, enqueued_at, target, created_at, digit,"
-                        " confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " confidence, resent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
                         (sequence, kind, payload, enqueued_at, self.target, *_facts(kind, _payload(payload))))
                     self._pending += cursor.rowcount
                     resent += cursor.rowcount
@@ -256,11 +257,15 @@ class Outbox:
     # The readers' side ------------------------------------------------------------------
 
     def pending_predictions(self, *, since: float, until: float, limit: int) -> list[dict[str, Any]]:
-        """Payloads of this target's pending predictions made in [since, until), newest first."""
+        """Payloads of this target's pending predictions made in [since, until), newest first.
+
+        Entries queued again by ``resend_since`` are left out here and in ``pending_slot_figures``:
+        Cassandra acknowledged them once, so readers would count them twice.
+        """
         with self._lock:
             rows = self._connection.execute(
-                "SELECT payload FROM outbox WHERE target = ? AND kind = ? AND created_at >= ? AND created_at < ?"
-                " ORDER BY created_at DESC LIMIT ?", (self.target, PREDICTION, since, until, limit)).fetchall()
+                "SELECT payload FROM outbox WHERE target = ? AND kind = ? AND resent = 0"
+                " AND created_at >= ? AND created_at < ? ORDER BY created_at DESC LIMIT ?", (self.target, PREDICTION, since, until, limit)).fetchall()
         return [_payload(row[0]) for row in rows]
 
     def pending_slot_figures(self, *, since: float, until: float) -> list[SlotFigures]:
@@ -269,7 +274,8 @@ class Outbox:
             rows = self._connection.execute(
                 "SELECT CAST(created_at / ? AS INTEGER) * ? AS slot, digit,"
                 " MIN(CAST(confidence * ? AS INTEGER), ?) AS bin, COUNT(*), SUM(confidence) FROM outbox"
-                " WHERE target = ? AND kind = ? AND created_at >= ? AND created_at < ? AND digit BETWEEN 0 AND 9"
+                " WHERE target = ? AND kind = ? AND resent = 0 AND created_at >= ? AND created_at < ?"
+                " AND digit BETWEEN 0 AND 9"
                 " GROUP BY slot, digit, bin",
                 (SLOT_SECONDS, SLOT_SECONDS, CONFIDENCE_BINS, CONFIDENCE_BINS - 1, self.target, PREDICTION, since,
                  until)).fetchall()

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 # Failures that mean "Cassandra cannot take this write right now": keep it queued and try again.
 UNAVAILABLE_ERRORS = (NoHostAvailable, OperationTimedOut, RequestExecutionException, ConnectionException, OSError)
 REPLAY_CHUNK = 200
+# Entries written between two recounts (and acknowledged together after the recount).
+RECOUNT_GROUP = 5000
 # The liveness probe gives up after this long (a hung node keeps TCP open and answers nothing).
 PROBE_TIMEOUT_SECONDS = 2.0
 # How often the writer looks for dirty markers left by other (or crashed) processes.
@@ -159,8 +161,7 @@ class OutboxWriter:
         with self._round_lock:
             repository = self._repository_or_none()
             if repository is None:
-                self.answering = False
-                return 0
+                return 0  # not connected (yet): the store's status says so, with the connection's error
             try:
                 self._resend_after_node_return()
                 sent = self._send_due(repository)
@@ -196,13 +197,34 @@ class OutboxWriter:
             return sent
 
     def _send_due(self, repository: PredictionRepository) -> int:
-        sent = 0
-        while entries := self._outbox.peek(REPLAY_CHUNK):
-            sent += self._send_chunk(repository, entries)
-        return sent
+        """Send due entries in groups of at most RECOUNT_GROUP: write them chunk by chunk, recount, acknowledge.
 
-    def _send_chunk(self, repository: PredictionRepository, entries: list[outbox.OutboxEntry]) -> int:
-        """Write one chunk (predictions first, then corrections), recount its slots, then acknowledge it."""
+        One recount per group, not per chunk: a backlog of 100,000 entries in a few slots would
+        otherwise reread each slot hundreds of times.
+        """
+        sent = 0
+        while True:
+            written: list[outbox.OutboxEntry] = []
+            prediction_slots: set[datetime.datetime] = set()
+            correction_slots: set[datetime.datetime] = set()
+            last_sequence = 0
+            while len(written) < RECOUNT_GROUP and (entries := self._outbox.peek(REPLAY_CHUNK, after=last_sequence)):
+                last_sequence = entries[-1].sequence
+                written += self._send_chunk(repository, entries, prediction_slots, correction_slots)
+            if not last_sequence:
+                return sent
+            self.generation += 1
+            try:
+                repository.refresh_slots(prediction_slots)
+                repository.refresh_correction_slots(correction_slots)
+                self._outbox.acknowledge(entry.sequence for entry in written)
+            finally:
+                self.generation += 1
+            sent += len(written)
+
+    def _send_chunk(self, repository: PredictionRepository, entries: list[outbox.OutboxEntry],
+                    prediction_slots: set, correction_slots: set) -> list[outbox.OutboxEntry]:
+        """Write one chunk (predictions first, then corrections); returns the entries written, notes their slots."""
         predictions: list[tuple[outbox.OutboxEntry, PredictionRecord]] = []
         corrections: list[tuple[outbox.OutboxEntry, uuid.UUID, int, datetime.datetime]] = []
         for entry in entries:
@@ -215,10 +237,12 @@ class OutboxWriter:
                                         datetime.datetime.fromisoformat(entry.payload["corrected_at"])))
             except (KeyError, TypeError, ValueError) as error:
                 self._defer(entry, f"unreadable entry ({type(error).__name__}: {error})")
-        written = self._write_predictions(repository, predictions)
-        prediction_slots = {buckets.slot_start(record.created_at) for _, record in written}
-        correction_slots = {buckets.slot_start(record.created_at) for _, record in written
-                            if record.true_label is not None}
+        written = []
+        for entry, record in self._write_predictions(repository, predictions):
+            written.append(entry)
+            prediction_slots.add(buckets.slot_start(record.created_at))
+            if record.true_label is not None:
+                correction_slots.add(buckets.slot_start(record.created_at))
         for entry, prediction_id, true_label, corrected_at in corrections:
             try:
                 repository.write_correction(prediction_id, true_label, corrected_at=corrected_at)
@@ -231,16 +255,9 @@ class OutboxWriter:
             except DriverException as error:
                 self._defer(entry, f"Cassandra refused the correction: {error}")
                 continue
-            written.append((entry, None))
+            written.append(entry)
             correction_slots.add(buckets.slot_start(uuid_time(prediction_id)))
-        self.generation += 1
-        try:
-            repository.refresh_slots(prediction_slots)
-            repository.refresh_correction_slots(correction_slots)
-            self._outbox.acknowledge(entry.sequence for entry, _ in written)
-        finally:
-            self.generation += 1
-        return len(written)
+        return written
 
     def _write_predictions(self, repository, predictions):
         """All predictions at once; if Cassandra refuses the group (not an outage), one by one to find the culprit."""
