@@ -102,3 +102,38 @@ def test_a_hung_node_costs_the_user_nothing_and_loses_nothing(recognizer, settin
         cluster.shutdown()
     assert sorted(identifier for identifier in stored if identifier in set(identifiers)) == sorted(identifiers)
     assert len(stored) == len(set(stored))
+
+
+def test_the_draw_and_history_pages_answer_with_a_hung_node(app_settings, fake_canvas, mnist, recognizer,
+                                                            cassandra_node, monkeypatch):
+    """The pages as a user sees them (AppTest): Draw answers and saves locally, History says why it cannot read."""
+    from streamlit.testing.v1 import AppTest
+
+    from mnist_core.storage import get_storage
+    from tests.conftest import REPOSITORY_ROOT, _forget_process_storage
+
+    monkeypatch.setenv("MNIST_CASSANDRA_REQUEST_TIMEOUT", "2")
+    _forget_process_storage()
+    store = get_storage()
+    assert store.status().connected  # connected before the node hangs, as a running app is
+    picture = redraw(mnist.test_images[0] / 255.0, "fill", np.random.default_rng(4))
+    with hung_node():
+        draw = AppTest.from_file(str(REPOSITORY_ROOT / "Home.py"), default_timeout=60)
+        draw.run()
+        fake_canvas.picture = picture
+        started = time.perf_counter()
+        draw.button(key="draw_predict").click().run()
+        elapsed = time.perf_counter() - started
+        assert not draw.exception, draw.exception
+        assert draw.metric and draw.metric[0].value.startswith(str(recognizer.read(picture).digit))
+        assert elapsed < 5.0, f"Predict took {elapsed:.1f} s with the node hung"
+
+        history = AppTest.from_file(str(REPOSITORY_ROOT / "Home.py"), default_timeout=60)
+        history.switch_page("app_pages/history.py").run()
+        assert not history.exception, history.exception
+        errors = [element.value for element in history.error]
+        assert any("cannot be read right now" in text for text in errors), errors
+    deadline = time.monotonic() + 90
+    while store.status().pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.status().pending == 0, "the drawing saved during the hang was not sent after SIGCONT"

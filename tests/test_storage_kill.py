@@ -96,13 +96,13 @@ def test_writes_acknowledged_before_a_sigkill_are_sent_again_and_all_arrive_once
         deadline = time.monotonic() + WAIT_SECONDS
         stored: list = []
         while time.monotonic() < deadline:
-            if store.resent_entries and not store.status().pending:
+            if store.writer.resent_entries and not store.status().pending:
                 stored = stored_ids(periodic_node, settings.cassandra_keyspace, moment.date())
                 if len(stored) >= PREDICTIONS:
                     break
             time.sleep(0.5)
         # Every write acknowledged in the window before the node went down was queued again.
-        assert store.resent_entries >= PREDICTIONS
+        assert store.writer.resent_entries >= PREDICTIONS
         assert sorted(stored) == sorted(record.id for record in records)
     finally:
         store.close()

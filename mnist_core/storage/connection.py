@@ -60,6 +60,12 @@ def consistency_level(settings: Settings) -> int:
     return ConsistencyLevel.name_to_value[settings.cassandra_consistency]
 
 
+def target_name(settings: Settings) -> str:
+    """What an outbox entry is for: the contact points, port and keyspace these settings name."""
+    hosts = ",".join(sorted(settings.cassandra_contact_points))
+    return f"{hosts}:{settings.cassandra_port}/{settings.cassandra_keyspace}"
+
+
 def describe_hosts(settings: Settings) -> str:
     return ", ".join(f"{host}:{settings.cassandra_port}" for host in settings.cassandra_contact_points)
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mnist_core.storage.errors import StorageError
-from mnist_core.storage.records import CONFIDENCE_BINS, DIGIT_COUNT, SlotFigures
+from mnist_core.storage.records import CONFIDENCE_BINS, DIGIT_COUNT, PredictionRecord, SlotFigures
 
 PREDICTION = "prediction"
 CORRECTION = "correction"
@@ -48,6 +48,7 @@ FIRST_RETRY_DELAY_SECONDS = 2.0
 SENT_ROW_LIMIT = 20_000
 SENT_MAX_AGE_SECONDS = 3600.0
 RESEND_CHUNK = 1000
+ACKNOWLEDGE_CHUNK = 100
 SLOT_SECONDS = 900
 
 
@@ -103,9 +104,24 @@ class Outbox:
         self._lock = threading.Lock()
         self._connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=FULL")
+        # This connection only moves entries the writer sent: losing its last transaction in a
+        # power cut means sending those entries again, which is harmless, so it skips the fsync
+        # per commit. Appends (below) fsync every commit: they hold the only copy of a reading.
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints run when the writer asks (checkpoint()), never inside a commit that an append waits for.
+        self._connection.execute("PRAGMA wal_autocheckpoint=0")
         self._create_tables()
-        self._pending, self._other_targets, self._dead = self._count()
+        # Appends use their own connection: in WAL mode they never wait for the writer's reads,
+        # only for its short write transactions (see ACKNOWLEDGE_CHUNK).
+        self._add_lock = threading.Lock()
+        self._add_connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._add_connection.execute("PRAGMA synchronous=FULL")
+        self._add_connection.execute("PRAGMA wal_autocheckpoint=0")
+        self._count_lock = threading.Lock()
+        # Write transactions of both connections take turns here, so an append waits for the
+        # writer's short transaction to end instead of in SQLite's busy handler (sleeps of 25-100 ms).
+        self._write_lock = threading.Lock()
+        self._pending, self._other_targets, self._dead = self._count_rows()
 
     def _create_tables(self) -> None:
         execute = self._connection.execute
@@ -134,12 +150,17 @@ class Outbox:
                 " payload TEXT NOT NULL, enqueued_at REAL NOT NULL, target TEXT, failed_at REAL NOT NULL,"
                 " attempts INTEGER NOT NULL, error TEXT)")
 
-    def _count(self) -> tuple[int, int, int]:
+    def _count_rows(self) -> tuple[int, int, int]:
         execute = self._connection.execute
         mine = execute("SELECT COUNT(*) FROM outbox WHERE target = ?", (self.target,)).fetchone()[0]
         everything = execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         dead = execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
         return int(mine), int(everything - mine), int(dead)
+
+    def _count(self, *, pending: int = 0, dead: int = 0) -> None:
+        with self._count_lock:
+            self._pending += pending
+            self._dead += dead
 
     # Adding -----------------------------------------------------------------------------
 
@@ -157,15 +178,15 @@ class Outbox:
             rows.append((kind, json.dumps(payload, separators=(",", ":")), now, self.target, *_facts(kind, payload)))
         if not rows:
             return []
-        with self._lock, self._connection:
-            self._connection.execute("BEGIN IMMEDIATE")
+        with self._add_lock, self._write_lock, self._add_connection:
+            self._add_connection.execute("BEGIN IMMEDIATE")
             sequences = [
-                int(self._connection.execute(
+                int(self._add_connection.execute(
                     "INSERT INTO outbox (kind, payload, enqueued_at, target, created_at, digit, confidence)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)", row).lastrowid)
                 for row in rows
             ]
-            self._pending += len(rows)
+        self._count(pending=len(rows))
         return sequences
 
     # The writer's side ------------------------------------------------------------------
@@ -179,19 +200,24 @@ class Outbox:
         return [OutboxEntry(sequence=row[0], kind=row[1], payload=_payload(row[2]), attempts=row[3]) for row in rows]
 
     def acknowledge(self, sequences: Iterable[int]) -> None:
-        """Move these entries to the sent table: Cassandra acknowledged them."""
-        sequences = [(sequence,) for sequence in sequences]
-        if not sequences:
-            return
-        now = time.time()
-        with self._lock, self._connection:
-            self._connection.execute("BEGIN IMMEDIATE")
-            self._connection.executemany(
-                "INSERT OR REPLACE INTO sent (sequence, kind, payload, enqueued_at, sent_at)"
-                " SELECT sequence, kind, payload, enqueued_at, ? FROM outbox WHERE sequence = ?",
-                [(now, sequence) for (sequence,) in sequences])
-            removed = self._connection.executemany("DELETE FROM outbox WHERE sequence = ?", sequences).rowcount
-            self._pending -= removed
+        """Move these entries to the sent table: Cassandra acknowledged them.
+
+        In transactions of ACKNOWLEDGE_CHUNK entries, so a ``store()`` arriving meanwhile waits
+        for one short transaction, never for a whole group.
+        """
+        sequences = list(sequences)
+        for index in range(0, len(sequences), ACKNOWLEDGE_CHUNK):
+            chunk = sequences[index:index + ACKNOWLEDGE_CHUNK]
+            placeholders = ",".join("?" * len(chunk))
+            with self._lock, self._write_lock, self._connection:
+                self._connection.execute("BEGIN IMMEDIATE")
+                self._connection.execute(
+                    "INSERT OR REPLACE INTO sent (sequence, kind, payload, enqueued_at, sent_at)"
+                    f" SELECT sequence, kind, payload, enqueued_at, ? FROM outbox WHERE sequence IN ({placeholders})",
+                    (time.time(), *chunk))
+                removed = self._connection.execute(
+                    f"DELETE FROM outbox WHERE sequence IN ({placeholders})", chunk).rowcount
+            self._count(pending=-removed)
 
     def defer(self, entry: OutboxEntry, error: str) -> bool:
         """Note a failure of an entry that an outage does not explain: retry it later, or give up on it.
@@ -200,7 +226,7 @@ class Outbox:
         """
         attempts = entry.attempts + 1
         now = time.time()
-        with self._lock, self._connection:
+        with self._lock, self._write_lock, self._connection:
             self._connection.execute("BEGIN IMMEDIATE")
             if attempts >= MAX_ATTEMPTS:
                 self._connection.execute(
@@ -208,8 +234,7 @@ class Outbox:
                     " attempts, error) SELECT sequence, kind, payload, enqueued_at, target, ?, ?, ? FROM outbox"
                     " WHERE sequence = ?", (now, attempts, error, entry.sequence))
                 removed = self._connection.execute("DELETE FROM outbox WHERE sequence = ?", (entry.sequence,)).rowcount
-                self._pending -= removed
-                self._dead += removed
+                self._count(pending=-removed, dead=removed)
                 return True
             delay = self.first_retry_delay_seconds * 2 ** (attempts - 1)
             self._connection.execute("UPDATE outbox SET attempts = ?, retry_at = ?, last_error = ? WHERE sequence = ?",
@@ -225,7 +250,7 @@ class Outbox:
         """
         resent = 0
         while True:
-            with self._lock, self._connection:
+            with self._lock, self._write_lock, self._connection:
                 self._connection.execute("BEGIN IMMEDIATE")
                 rows = self._connection.execute(
                     "SELECT sequence, kind, payload, enqueued_at FROM sent WHERE sent_at >= ? ORDER BY sequence LIMIT ?",
@@ -235,7 +260,7 @@ class Outbox:
                         "INSERT OR IGNORE INTO outbox (sequence, kind, payload, enqueued_at, target, created_at, digit,"
                         " confidence, resent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
                         (sequence, kind, payload, enqueued_at, self.target, *_facts(kind, _payload(payload))))
-                    self._pending += cursor.rowcount
+                    self._count(pending=cursor.rowcount)
                     resent += cursor.rowcount
                 self._connection.executemany("DELETE FROM sent WHERE sequence = ?", [(row[0],) for row in rows])
             if len(rows) < RESEND_CHUNK:
@@ -243,21 +268,26 @@ class Outbox:
 
     def forget_sent_before(self, moment: float) -> None:
         """Drop acknowledged entries sent before ``moment`` (no node can have lost them any more)."""
-        with self._lock:
+        with self._lock, self._write_lock:
             self._connection.execute("DELETE FROM sent WHERE sent_at < ?", (moment,))
 
     def bound_sent(self) -> None:
         """Keep ``sent`` within its bounds even while a node stays down: the newest rows, the last hour."""
-        with self._lock:
+        with self._lock, self._write_lock:
             self._connection.execute("DELETE FROM sent WHERE sent_at < ?", (time.time() - SENT_MAX_AGE_SECONDS,))
             self._connection.execute(
                 "DELETE FROM sent WHERE sequence <= (SELECT sequence FROM sent ORDER BY sequence DESC LIMIT 1 OFFSET ?)",
                 (SENT_ROW_LIMIT,))
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log back into the file without blocking appends (SQLite's PASSIVE mode)."""
+        with self._lock:
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     # The readers' side ------------------------------------------------------------------
 
-    def pending_predictions(self, *, since: float, until: float, limit: int) -> list[dict[str, Any]]:
-        """Payloads of this target's pending predictions made in [since, until), newest first.
+    def pending_records(self, *, since: float, until: float, limit: int) -> list[PredictionRecord]:
+        """This target's pending predictions made in [since, until), newest first (unreadable ones left out).
 
         Entries queued again by ``resend_since`` are left out here and in ``pending_slot_figures``:
         Cassandra acknowledged them once, so readers would count them twice.
@@ -265,8 +295,15 @@ class Outbox:
         with self._lock:
             rows = self._connection.execute(
                 "SELECT payload FROM outbox WHERE target = ? AND kind = ? AND resent = 0"
-                " AND created_at >= ? AND created_at < ? ORDER BY created_at DESC LIMIT ?", (self.target, PREDICTION, since, until, limit)).fetchall()
-        return [_payload(row[0]) for row in rows]
+                " AND created_at >= ? AND created_at < ? ORDER BY created_at DESC LIMIT ?",
+                (self.target, PREDICTION, since, until, limit)).fetchall()
+        records = []
+        for (payload,) in rows:
+            try:
+                records.append(PredictionRecord.from_json_dict(_payload(payload)))
+            except (KeyError, TypeError, ValueError):
+                continue  # the writer sets it aside
+        return records
 
     def pending_slot_figures(self, *, since: float, until: float) -> list[SlotFigures]:
         """Per-slot figures of this target's pending predictions made in [since, until), aggregated by SQLite."""
@@ -314,8 +351,9 @@ class Outbox:
         return 0.0 if oldest is None else max(0.0, time.time() - oldest[0])
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._add_lock:
             self._connection.close()
+            self._add_connection.close()
         self._lock_file.close()
 
 

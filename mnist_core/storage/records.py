@@ -249,6 +249,30 @@ class StorageStatus:
     def connected(self) -> bool:
         return self.state == "connected"
 
+    @classmethod
+    def describe(cls, *, answering: bool, on_their_way: bool, pending: int, failure: str | None, dead_letters: int,
+                 other_target_pending: int, outbox_path, warnings: Sequence[str] = ()) -> StorageStatus:
+        """The status with its sentences, from what the store knows (nothing here contacts Cassandra)."""
+        if answering and on_their_way:
+            message = "Connected to Cassandra."
+        elif answering:
+            message = f"Connected to Cassandra; writing {pending} queued prediction(s) from the local outbox."
+        else:
+            message = (f"Cassandra is unreachable; {pending} write(s) are kept in the local outbox and will be "
+                       "written when it is back.")
+            if failure:
+                message += f" Last error: {failure}"
+        warnings = list(warnings)
+        if dead_letters:
+            warnings.append(f"{dead_letters} write(s) failed repeatedly and were set aside in the dead_letter table "
+                            f"of {outbox_path}.")
+        if other_target_pending:
+            warnings.append(f"{other_target_pending} write(s) queued for another Cassandra target are kept in "
+                            f"{outbox_path} and will be sent when the settings point there again.")
+        return cls(state="connected" if answering and on_their_way else "degraded", pending=pending,
+                   message=" ".join([message, *warnings]), dead_letters=dead_letters,
+                   other_target_pending=other_target_pending, warnings=tuple(warnings))
+
 
 @dataclasses.dataclass(frozen=True)
 class SlotFigures:

@@ -21,7 +21,7 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from mnist_core.settings import KEYSPACE_NAME_PATTERN
-from mnist_core.storage import buckets
+from mnist_core.storage import buckets, migrations
 from mnist_core.storage.errors import PredictionNotFound
 from mnist_core.storage.records import (
     CONFIDENCE_BINS,
@@ -127,6 +127,18 @@ class PredictionRepository:
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?"
         )
         self._select_release_version = prepare("SELECT release_version FROM system.local")
+
+    @classmethod
+    def open(cls, cluster, session: Session, settings) -> tuple[PredictionRepository, str | None]:
+        """Apply the schema, prepare the statements, and check the keyspace's replication against the settings.
+
+        Returns the repository and a warning when the replication drifted (None when it agrees).
+        """
+        keyspace = settings.cassandra_keyspace
+        migrations.apply_migrations(cluster, keyspace=keyspace, replication=settings.cassandra_replication)
+        repository = cls(session, keyspace=keyspace, request_timeout_seconds=settings.cassandra_request_timeout_seconds)
+        return repository, migrations.replication_drift(keyspace, repository.replication(),
+                                                        settings.cassandra_replication)
 
     def ping(self, timeout_seconds: float) -> None:
         """One tiny read, to tell a node that answers from one that hangs (TCP open, nothing back)."""

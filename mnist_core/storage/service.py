@@ -1,11 +1,10 @@
 """The storage service the app uses: one session per process, writes that are never lost, reads that see them.
 
-Every write (app, API, scripts, tests) is appended to the durable local outbox and the call
-returns at once; :class:`~mnist_core.storage.writer.OutboxWriter` sends it (on its thread in the
-app, or when a script calls :meth:`PredictionStore.flush`). Reads ask Cassandra and add this
-process's pending entries, so a reading is visible the moment ``store`` returns, and never
-replay the outbox themselves. ``status()`` answers from memory. Connecting never makes another
-thread wait: whoever connects holds the lock, and a reader arriving meanwhile is told at once.
+Every write (app, API, scripts, tests) is appended to the durable local outbox and returns at
+once; :class:`~mnist_core.storage.writer.OutboxWriter` sends it (on its thread in the app, or in
+:meth:`PredictionStore.flush`). Reads add this process's pending entries to Cassandra's answer,
+so a reading is visible as soon as ``store`` returns. ``status()`` answers from memory, and no
+thread waits for another's connection attempt: a reader arriving meanwhile is told at once.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ import time
 from collections.abc import Sequence
 
 from cassandra import DriverException
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Cluster
 
 from mnist_core.settings import Settings, get_settings
-from mnist_core.storage import buckets, connection, migrations, outbox
+from mnist_core.storage import buckets, connection, outbox
 from mnist_core.storage.errors import StorageError, StorageUnavailable
 from mnist_core.storage.records import AccuracyReport, HistoryCounts, PredictionRecord, StorageStatus, StoreOutcome
 from mnist_core.storage.repository import PredictionRepository
@@ -35,26 +34,18 @@ IN_FLIGHT_SECONDS = 5.0
 CONSISTENT_READ_ATTEMPTS = 3
 
 
-def outbox_target(settings: Settings) -> str:
-    """What an outbox entry is for: the contact points, port and keyspace of the configured Cassandra."""
-    hosts = ",".join(sorted(settings.cassandra_contact_points))
-    return f"{hosts}:{settings.cassandra_port}/{settings.cassandra_keyspace}"
-
-
 class PredictionStore:
     """Stores predictions and answers the dashboard's questions; one per process (see :func:`get_storage`).
 
-    ``background=True`` (the app) runs the writer on its own thread; without it, nothing is sent
-    until :meth:`flush` drives the writer (scripts and tests: the same path, run synchronously).
+    ``background=True`` (the app) runs the writer on its thread; otherwise :meth:`flush` runs it (same path).
     """
 
     def __init__(self, settings: Settings, *, background: bool = True) -> None:
         self.settings = settings
         self._hosts = connection.describe_hosts(settings)
-        self._outbox = outbox.Outbox(settings.outbox_path, target=outbox_target(settings))
+        self._outbox = outbox.Outbox(settings.outbox_path, target=connection.target_name(settings))
         self._connect_lock = threading.Lock()
         self._cluster: Cluster | None = None
-        self._session: Session | None = None
         self._repository: PredictionRepository | None = None
         self._last_failure: str | None = None
         self._last_attempt_at = float("-inf")
@@ -84,12 +75,7 @@ class PredictionStore:
                 self._last_failure = str(error)
                 raise
             try:
-                keyspace = self.settings.cassandra_keyspace
-                migrations.apply_migrations(cluster, keyspace=keyspace, replication=self.settings.cassandra_replication)
-                repository = PredictionRepository(session, keyspace=keyspace,
-                                                  request_timeout_seconds=self.settings.cassandra_request_timeout_seconds)
-                drift = migrations.replication_drift(keyspace, repository.replication(),
-                                                     self.settings.cassandra_replication)
+                repository, drift = PredictionRepository.open(cluster, session, self.settings)
             except (*UNAVAILABLE_ERRORS, DriverException) as error:
                 cluster.shutdown()
                 self._last_failure = f"Cassandra at {self._hosts} stopped answering while the schema was checked: {error}"
@@ -101,7 +87,7 @@ class PredictionStore:
                 logger.warning(drift)
             self._warnings = (drift,) if drift else ()
             cluster.register_listener(self.writer.node_watch)
-            self._cluster, self._session, self._repository = cluster, session, repository
+            self._cluster, self._repository = cluster, repository
             self._last_failure = None
             self.writer.wake()
             return repository
@@ -142,11 +128,7 @@ class PredictionStore:
         return self._queue([(outbox.PREDICTION, record.to_json_dict()) for record in records])
 
     def record_correction(self, prediction_id, true_label: int) -> StoreOutcome:
-        """Record the digit the user actually wrote for a prediction; it goes the same way as predictions.
-
-        A correction whose prediction Cassandra cannot show yet is retried, then dead-lettered (never
-        dropped silently). ValueError when the label is not a digit.
-        """
+        """Record the digit the user wrote for a prediction (retried while its prediction is not visible yet)."""
         if isinstance(true_label, bool) or not isinstance(true_label, int) or not 0 <= true_label <= 9:
             raise ValueError(f"true_label must be a digit from 0 to 9; got {true_label!r}.")
         corrected_at = datetime.datetime.now(buckets.UTC).isoformat()
@@ -160,10 +142,7 @@ class PredictionStore:
         return StoreOutcome.ACCEPTED if taking_writes else StoreOutcome.QUEUED
 
     def flush(self, *, timeout_seconds: float = 60.0) -> int:
-        """Run the writer until nothing is due (deferred entries wait for their retry); returns entries sent.
-
-        Raises StorageUnavailable if Cassandra does not take them within the timeout.
-        """
+        """Run the writer until nothing is due; returns entries sent, or raises StorageUnavailable after the timeout."""
         deadline = time.monotonic() + timeout_seconds
         sent = 0
         while True:
@@ -192,17 +171,14 @@ class PredictionStore:
             raise ValueError(f"limit must be at least 1; got {limit}.")
         repository = self._require_repository()
         # Pending first: an entry acknowledged between the two reads is then seen twice, never missed.
-        pending = self._outbox.pending_predictions(since=since.timestamp(), until=until.timestamp(), limit=limit)
+        pending = self._outbox.pending_records(since=since.timestamp(), until=until.timestamp(), limit=limit)
         stored = self._read(lambda: repository.between(since=since, until=until, limit=limit))
-        by_id = {record.id: record for record in map(_record_or_none, pending) if record is not None}
+        by_id = {record.id: record for record in pending}
         by_id.update((record.id, record) for record in stored)
         return sorted(by_id.values(), key=lambda record: (record.created_at, record.id.int), reverse=True)[:limit]
 
     def history_counts(self, *, start: datetime.date, end: datetime.date, timezone: str | None = None) -> HistoryCounts:
-        """Predictions per digit per hour and per day, and confidence figures, for local days start..end.
-
-        The zone defaults to the display time zone setting; pending writes are counted too.
-        """
+        """Counts per digit per hour and day, and confidence figures, for local days start..end (pending included)."""
         zone = buckets.zone(timezone or self.settings.display_timezone)
         utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
         repository = self._require_repository()
@@ -236,37 +212,17 @@ class PredictionStore:
 
     # Status -----------------------------------------------------------------------------
 
-    @property
-    def resent_entries(self) -> int:
-        return self.writer.resent_entries
-
     def status(self) -> StorageStatus:
         """Connected, or degraded with the writes waiting locally; from memory, never contacting Cassandra."""
         pending = self._outbox.pending_count()
         answering = self._repository is not None and self._hosts_up() and self.writer.answering
         on_their_way = pending == 0 or (self.writer.running and answering
                                         and self._outbox.oldest_age_seconds() <= IN_FLIGHT_SECONDS)
-        if answering and on_their_way:
-            message = "Connected to Cassandra."
-        elif answering:
-            message = f"Connected to Cassandra; writing {pending} queued prediction(s) from the local outbox."
-        else:
-            message = (f"Cassandra is unreachable; {pending} write(s) are kept in the local outbox and will be "
-                       "written when it is back.")
-            failure = self._last_failure if self._repository is None else self.writer.last_failure
-            if failure:
-                message += f" Last error: {failure}"
-        dead, other = self._outbox.dead_letter_count(), self._outbox.other_target_count()
-        warnings = list(self._warnings)
-        if dead:
-            warnings.append(f"{dead} write(s) failed repeatedly and were set aside in the dead_letter table of "
-                            f"{self._outbox.path}.")
-        if other:
-            warnings.append(f"{other} write(s) queued for another Cassandra target are kept in {self._outbox.path} "
-                            "and will be sent when the settings point there again.")
-        return StorageStatus(state="connected" if answering and on_their_way else "degraded", pending=pending,
-                             message=" ".join([message, *warnings]), dead_letters=dead, other_target_pending=other,
-                             warnings=tuple(warnings))
+        return StorageStatus.describe(
+            answering=answering, on_their_way=on_their_way, pending=pending,
+            failure=self._last_failure if self._repository is None else self.writer.last_failure,
+            dead_letters=self._outbox.dead_letter_count(), other_target_pending=self._outbox.other_target_count(),
+            outbox_path=self._outbox.path, warnings=self._warnings)
 
     def close(self) -> None:
         """Stop the writer and the driver (tests and clean shutdowns); what is queued stays in the outbox."""
@@ -274,24 +230,13 @@ class PredictionStore:
         with self._connect_lock:
             if self._cluster is not None:
                 self._cluster.shutdown()
-            self._cluster = self._session = self._repository = None
+            self._cluster = self._repository = None
         self._outbox.close()
-
-
-def _record_or_none(payload: dict) -> PredictionRecord | None:
-    try:
-        return PredictionRecord.from_json_dict(payload)
-    except (KeyError, TypeError, ValueError):
-        return None  # a malformed entry: the writer sets it aside
 
 
 @functools.lru_cache(maxsize=1)
 def get_storage() -> PredictionStore:
-    """The process-wide store, built from :func:`mnist_core.settings.get_settings` on first call.
-
-    It makes one bounded connection attempt at once, so the first answers already say
-    "saved"; if Cassandra cannot be reached, the writer keeps trying in the background.
-    """
+    """The process-wide store from the settings; one connection attempt at once (the writer keeps trying after)."""
     store = PredictionStore(get_settings())
     try:
         store.connect(attempts=1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -40,7 +41,13 @@ logger = logging.getLogger(__name__)
 
 # Failures that mean "Cassandra cannot take this write right now": keep it queued and try again.
 UNAVAILABLE_ERRORS = (NoHostAvailable, OperationTimedOut, RequestExecutionException, ConnectionException, OSError)
-REPLAY_CHUNK = 200
+REPLAY_CHUNK = 1000
+# The interpreter's thread switch interval while a writer thread runs (CPython's default is 5 ms).
+SWITCH_INTERVAL_SECONDS = 0.0005
+# Batches in flight while a chunk is written.
+WRITE_CONCURRENCY = 16
+# While draining a backlog on its thread, the writer pauses this share of each chunk's time between chunks.
+BACKLOG_PAUSE_SHARE = 1.0
 # Entries written between two recounts (and acknowledged together after the recount).
 RECOUNT_GROUP = 5000
 # The liveness probe gives up after this long (a hung node keeps TCP open and answers nothing).
@@ -117,6 +124,7 @@ class OutboxWriter:
         self.resent_entries = 0
         self.dead_lettered = 0
         self._next_probe_at = 0.0
+        self._next_checkpoint_at = 0.0
         self._next_marker_scan_at = 0.0
         self._marker_scan_days = MARKER_SCAN_DAYS_AT_START
 
@@ -127,6 +135,9 @@ class OutboxWriter:
         return self._thread is not None
 
     def start(self) -> None:
+        # The writer's CPU work (decoding entries, building batches) would otherwise hold the GIL
+        # for whole 5 ms switch intervals while a request thread waits to append to the outbox.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._loop, name="mnist-storage-writer", daemon=True)
         self._thread.start()
 
@@ -159,6 +170,10 @@ class OutboxWriter:
         Never raises for an outage: ``answering`` and ``last_failure`` say how the round went.
         """
         with self._round_lock:
+            if time.monotonic() >= self._next_checkpoint_at:
+                # Keeps the log short, outages included (appends never checkpoint).
+                self._outbox.checkpoint()
+                self._next_checkpoint_at = time.monotonic() + self._settings.outbox_flush_interval_seconds
             repository = self._repository_or_none()
             if repository is None:
                 return 0  # not connected (yet): the store's status says so, with the connection's error
@@ -208,9 +223,20 @@ class OutboxWriter:
             prediction_slots: set[datetime.datetime] = set()
             correction_slots: set[datetime.datetime] = set()
             last_sequence = 0
-            while len(written) < RECOUNT_GROUP and (entries := self._outbox.peek(REPLAY_CHUNK, after=last_sequence)):
+            caught_up = False
+            while not caught_up and len(written) < RECOUNT_GROUP:
+                entries = self._outbox.peek(REPLAY_CHUNK, after=last_sequence)
+                if not entries:
+                    break
+                # A chunk short of full means the backlog is sent: recount and acknowledge now, so
+                # live readings never wait for a group to fill up.
+                caught_up = len(entries) < REPLAY_CHUNK
+                chunk_started = time.monotonic()
                 last_sequence = entries[-1].sequence
                 written += self._send_chunk(repository, entries, prediction_slots, correction_slots)
+                if not caught_up and self.running:
+                    # A backlog: leave the CPU (and the GIL) to request threads for part of the time.
+                    time.sleep((time.monotonic() - chunk_started) * BACKLOG_PAUSE_SHARE)
             if not last_sequence:
                 return sent
             self.generation += 1
@@ -220,6 +246,7 @@ class OutboxWriter:
                 self._outbox.acknowledge(entry.sequence for entry in written)
             finally:
                 self.generation += 1
+            self._outbox.checkpoint()
             sent += len(written)
 
     def _send_chunk(self, repository: PredictionRepository, entries: list[outbox.OutboxEntry],
@@ -264,7 +291,7 @@ class OutboxWriter:
         if not predictions:
             return []
         try:
-            repository.write_predictions([record for _, record in predictions])
+            repository.write_predictions([record for _, record in predictions], concurrency=WRITE_CONCURRENCY)
             return list(predictions)
         except UNAVAILABLE_ERRORS:
             raise
