@@ -207,16 +207,15 @@ class Outbox:
         """
         sequences = list(sequences)
         for index in range(0, len(sequences), ACKNOWLEDGE_CHUNK):
-            chunk = sequences[index:index + ACKNOWLEDGE_CHUNK]
-            placeholders = ",".join("?" * len(chunk))
+            chunk = json.dumps(sequences[index:index + ACKNOWLEDGE_CHUNK])
             with self._lock, self._write_lock, self._connection:
                 self._connection.execute("BEGIN IMMEDIATE")
                 self._connection.execute(
                     "INSERT OR REPLACE INTO sent (sequence, kind, payload, enqueued_at, sent_at)"
-                    f" SELECT sequence, kind, payload, enqueued_at, ? FROM outbox WHERE sequence IN ({placeholders})",
-                    (time.time(), *chunk))
+                    " SELECT sequence, kind, payload, enqueued_at, ? FROM outbox"
+                    " WHERE sequence IN (SELECT value FROM json_each(?))", (time.time(), chunk))
                 removed = self._connection.execute(
-                    f"DELETE FROM outbox WHERE sequence IN ({placeholders})", chunk).rowcount
+                    "DELETE FROM outbox WHERE sequence IN (SELECT value FROM json_each(?))", (chunk,)).rowcount
             self._count(pending=-removed)
 
     def defer(self, entry: OutboxEntry, error: str) -> bool:
