@@ -114,10 +114,11 @@ def go_to(page, title: str) -> None:
 
 
 def today_rows(raw_session, keyspace: str) -> list:
+    """Rows of today and yesterday (UTC): a run may cross midnight between drawing and checking."""
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    return list(raw_session.execute(
-        f"SELECT id, digit, source, true_label, model_input FROM {keyspace}.predictions_by_day WHERE day = %s", (today,)
-    ))
+    return [row for day in (today - datetime.timedelta(days=1), today) for row in raw_session.execute(
+        f"SELECT id, digit, source, true_label, model_input FROM {keyspace}.predictions_by_day WHERE day = %s", (day,)
+    )]
 
 
 def png_of(image: np.ndarray) -> bytes:
