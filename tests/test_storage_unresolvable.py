@@ -53,3 +53,62 @@ def test_the_store_keeps_predictions_and_status_names_the_host(gone_settings):
             store.latest(5)
     finally:
         store.close()
+
+
+def test_the_api_answers_predictions_at_once_and_reports_the_host(gone_settings, recognizer, mnist):
+    import statistics
+
+    import numpy as np
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from mnist_core import rest_api
+    from tests.test_rest_api import png_bytes
+    from train.drawings import redraw
+
+    store = PredictionStore(gone_settings)
+    application = Starlette(routes=rest_api.create_routes(
+        get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC"))
+    random = np.random.default_rng(5)
+    bodies = [png_bytes(255 - redraw(mnist.test_images[index] / 255.0, "fill", random)[..., 3]) for index in range(30)]
+    try:
+        with TestClient(application) as client:
+            durations = []
+            for body in bodies:
+                started = time.perf_counter()
+                response = client.post("/api/predict", content=body)
+                durations.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+                assert response.json()["stored"] == "queued"
+            assert max(durations) < 1.0 and statistics.median(durations) < 0.05, durations
+            started = time.perf_counter()
+            health = client.get("/api/health")
+            assert time.perf_counter() - started < 0.5
+            assert health.json()["status"] == "degraded" and GONE in health.json()["storage"]["message"]
+            assert health.json()["storage"]["pending"] == 30
+            started = time.perf_counter()
+            stats = client.get("/api/stats")
+            assert time.perf_counter() - started < 6.0
+            assert stats.status_code == 503 and GONE in stats.json()["error"]
+    finally:
+        store.close()
+
+
+def test_the_draw_page_answers_and_its_sidebar_names_the_host(app_settings, fake_canvas, mnist, monkeypatch):
+    import numpy as np
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPOSITORY_ROOT, _forget_process_storage
+    from train.drawings import redraw
+
+    monkeypatch.setenv("MNIST_CASSANDRA_CONTACT_POINTS", GONE)
+    monkeypatch.setenv("MNIST_CASSANDRA_CONNECT_ATTEMPTS", "1")
+    _forget_process_storage()
+    app = AppTest.from_file(str(REPOSITORY_ROOT / "Home.py"), default_timeout=60)
+    app.run()
+    fake_canvas.picture = redraw(mnist.test_images[1] / 255.0, "fill", np.random.default_rng(6))
+    app.button(key="draw_predict").click().run()
+    assert not app.exception, app.exception
+    assert app.metric and app.metric[0].label == "Prediction"
+    sidebar_text = " ".join(element.value for element in app.sidebar.caption)
+    assert f"'{GONE}'" in sidebar_text, sidebar_text
