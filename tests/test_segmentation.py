@@ -70,3 +70,25 @@ def test_many_pieces_keep_the_search_bounded(count):
     segmentation = segment(picture)
     assert segmentation.atom_count <= 28
     assert len(segmentation.candidates) <= 28 * 4
+
+
+def test_a_digit_cut_into_many_atoms_is_also_a_candidate_whole(mnist, recognizer, monkeypatch):
+    """Wide MNIST digits (a 5 with a long flag, a 7 with a foot) are cut into more atoms than one
+    candidate may hold; the whole drawing is then a candidate too and the model reads one digit."""
+    many_atoms = [index for index in range(len(mnist.test_images)) if segment(mnist.test_images[index]).atom_count > 4]
+    assert len(many_atoms) >= 10, "too few test digits cut into many atoms to say anything"
+    readings = recognizer.read_segmented([segment(mnist.test_images[index]) for index in many_atoms])
+    one_digit = [reading for reading in readings if len(reading.digits) == 1]
+    assert len(one_digit) >= 0.97 * len(readings), f"{len(readings) - len(one_digit)} of {len(readings)} split"
+    right = sum(reading.digit == mnist.test_labels[index] for index, reading in zip(many_atoms, readings)
+                if len(reading.digits) == 1)
+    assert right >= 0.9 * len(readings)
+    # Without the whole candidate, the same digits are read as several far more often.
+    from mnist_core import segmentation
+
+    monkeypatch.setattr(segmentation, "WHOLE_CANDIDATE_MAX_ASPECT", 0.0)
+    without = recognizer.read_segmented([segment(mnist.test_images[index]) for index in many_atoms])
+    assert sum(len(reading.digits) == 1 for reading in without) < len(one_digit) - 5
+    wide_and_split = segment(np.hstack([mnist.test_images[0], mnist.test_images[1], mnist.test_images[2]]))
+    assert (0, wide_and_split.atom_count) not in wide_and_split.spans or wide_and_split.atom_count <= 4, \
+        "three digits side by side are too wide to be one candidate"
