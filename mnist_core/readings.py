@@ -109,7 +109,7 @@ class HistorySummary:
 
 
 def local_today(timezone: str) -> datetime.date:
-    return datetime.datetime.now(_zone(timezone)).date()
+    return datetime.datetime.now(buckets.zone(timezone)).date()
 
 
 def records_in_range(
@@ -127,7 +127,7 @@ def records_in_range(
     """
     if end < start:
         raise ValueError(f"The range ends ({end}) before it starts ({start}).")
-    zone = _zone(timezone)
+    zone = buckets.zone(timezone)
     since = datetime.datetime.combine(start, datetime.time.min, tzinfo=zone)
     until = datetime.datetime.combine(end + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
     # Read one more than asked so a full page tells us there is more.
@@ -182,7 +182,7 @@ def digit_counts(store: PredictionStore, *, start: datetime.date, end: datetime.
 
 def record_rows(records: typing.Iterable[PredictionRecord], *, timezone: str) -> list[dict]:
     """Table and CSV rows for predictions, times in the display zone (no image bytes)."""
-    zone = _zone(timezone)
+    zone = buckets.zone(timezone)
     return [
         {
             "time": record.created_at.astimezone(zone).replace(tzinfo=None),
@@ -197,6 +197,3 @@ def record_rows(records: typing.Iterable[PredictionRecord], *, timezone: str) ->
         }
         for record in records
     ]
-
-
-_zone = buckets.zone

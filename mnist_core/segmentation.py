@@ -344,10 +344,10 @@ def segment(image) -> Segmentation:
                             dots=(), wide=(), heights=(), atom_pieces=())
     rows = np.flatnonzero(mask.any(axis=1))
     line_height = float(rows[-1] - rows[0] + 1)
-    columns = np.flatnonzero(mask.any(axis=0))
     runs = [(start, stop) for start in range(len(atoms))
             for stop in range(start + 1, min(start + MAX_ATOMS_PER_DIGIT, len(atoms)) + 1)]
-    if len(atoms) > MAX_ATOMS_PER_DIGIT and columns[-1] - columns[0] + 1 <= WHOLE_CANDIDATE_MAX_ASPECT * line_height:
+    columns = np.flatnonzero(mask.any(axis=0)) if len(atoms) > MAX_ATOMS_PER_DIGIT else None
+    if columns is not None and columns[-1] - columns[0] + 1 <= WHOLE_CANDIDATE_MAX_ASPECT * line_height:
         # A drawing cut into many atoms that is not wide enough to be several digits: the whole
         # of it is a candidate too, so the model can say it is one digit (see Segmentation.choose).
         runs.append((0, len(atoms)))

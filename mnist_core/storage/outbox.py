@@ -91,7 +91,11 @@ def _facts(kind: str, payload: dict[str, Any]) -> tuple[float | None, int | None
 
 
 class Outbox:
-    """The SQLite-backed queue of one target; safe to share between threads (one connection, one lock)."""
+    """The SQLite-backed queue of one target; safe to share between threads.
+
+    Two connections: appends on one, the writer's and readers' work on the other (``_lock``);
+    write transactions of both take turns on ``_write_lock``, which also guards the counts.
+    """
 
     def __init__(self, path: pathlib.Path, *, target: str,
                  first_retry_delay_seconds: float | None = None) -> None:
@@ -113,11 +117,9 @@ class Outbox:
         self._create_tables()
         # Appends use their own connection: in WAL mode they never wait for the writer's reads,
         # only for its short write transactions (see ACKNOWLEDGE_CHUNK).
-        self._add_lock = threading.Lock()
         self._add_connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._add_connection.execute("PRAGMA synchronous=FULL")
         self._add_connection.execute("PRAGMA wal_autocheckpoint=0")
-        self._count_lock = threading.Lock()
         # Write transactions of both connections take turns here, so an append waits for the
         # writer's short transaction to end instead of in SQLite's busy handler (sleeps of 25-100 ms).
         self._write_lock = threading.Lock()
@@ -157,11 +159,6 @@ class Outbox:
         dead = execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
         return int(mine), int(everything - mine), int(dead)
 
-    def _count(self, *, pending: int = 0, dead: int = 0) -> None:
-        with self._count_lock:
-            self._pending += pending
-            self._dead += dead
-
     # Adding -----------------------------------------------------------------------------
 
     def add(self, kind: str, payload: dict[str, Any]) -> int:
@@ -178,7 +175,7 @@ class Outbox:
             rows.append((kind, json.dumps(payload, separators=(",", ":")), now, self.target, *_facts(kind, payload)))
         if not rows:
             return []
-        with self._add_lock, self._write_lock, self._add_connection:
+        with self._write_lock, self._add_connection:
             self._add_connection.execute("BEGIN IMMEDIATE")
             sequences = [
                 int(self._add_connection.execute(
@@ -186,7 +183,7 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?)", row).lastrowid)
                 for row in rows
             ]
-        self._count(pending=len(rows))
+            self._pending += len(rows)
         return sequences
 
     # The writer's side ------------------------------------------------------------------
@@ -214,9 +211,8 @@ class Outbox:
                     "INSERT OR REPLACE INTO sent (sequence, kind, payload, enqueued_at, sent_at)"
                     " SELECT sequence, kind, payload, enqueued_at, ? FROM outbox"
                     " WHERE sequence IN (SELECT value FROM json_each(?))", (time.time(), chunk))
-                removed = self._connection.execute(
+                self._pending -= self._connection.execute(
                     "DELETE FROM outbox WHERE sequence IN (SELECT value FROM json_each(?))", (chunk,)).rowcount
-            self._count(pending=-removed)
 
     def defer(self, entry: OutboxEntry, error: str) -> bool:
         """Note a failure of an entry that an outage does not explain: retry it later, or give up on it.
@@ -233,7 +229,8 @@ class Outbox:
                     " attempts, error) SELECT sequence, kind, payload, enqueued_at, target, ?, ?, ? FROM outbox"
                     " WHERE sequence = ?", (now, attempts, error, entry.sequence))
                 removed = self._connection.execute("DELETE FROM outbox WHERE sequence = ?", (entry.sequence,)).rowcount
-                self._count(pending=-removed, dead=removed)
+                self._pending -= removed
+                self._dead += removed
                 return True
             delay = self.first_retry_delay_seconds * 2 ** (attempts - 1)
             self._connection.execute("UPDATE outbox SET attempts = ?, retry_at = ?, last_error = ? WHERE sequence = ?",
@@ -259,8 +256,8 @@ class Outbox:
                         "INSERT OR IGNORE INTO outbox (sequence, kind, payload, enqueued_at, target, created_at, digit,"
                         " confidence, resent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
                         (sequence, kind, payload, enqueued_at, self.target, *_facts(kind, _payload(payload))))
-                    self._count(pending=cursor.rowcount)
                     resent += cursor.rowcount
+                    self._pending += cursor.rowcount
                 self._connection.executemany("DELETE FROM sent WHERE sequence = ?", [(row[0],) for row in rows])
             if len(rows) < RESEND_CHUNK:
                 return resent
@@ -350,7 +347,7 @@ class Outbox:
         return 0.0 if oldest is None else max(0.0, time.time() - oldest[0])
 
     def close(self) -> None:
-        with self._lock, self._add_lock:
+        with self._lock, self._write_lock:
             self._connection.close()
             self._add_connection.close()
         self._lock_file.close()

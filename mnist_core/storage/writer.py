@@ -5,11 +5,11 @@ benchmarks) appends to the outbox; :class:`OutboxWriter` sends it. Its :meth:`Ou
 is synchronous, so tests and scripts drive it directly; the app runs it on a thread that
 wakes on every write and at least once per flush interval.
 
-One round sends every due entry in chunks; for each chunk it writes the predictions, then the
-corrections, recounts the 15-minute slots they touched, and only then acknowledges them in the
-outbox. So "still in the outbox" always means "not yet in the rollups", and readers add the
-outbox's pending entries to what Cassandra returns (see ``PredictionStore``), with
-:attr:`OutboxWriter.generation` telling them when a chunk moved between the two mid-read.
+One round sends every due entry in groups: it writes each chunk of a group (predictions, then
+corrections), recounts the 15-minute slots the group touched, and only then acknowledges the
+group in the outbox. So "still in the outbox" always means "not yet in the rollups", and readers
+add the outbox's pending entries to what Cassandra returns (see ``PredictionStore``), with
+:attr:`OutboxWriter.generation` telling them when a group moved between the two mid-read.
 
 An entry that fails for a reason an outage does not explain (unreadable after an upgrade, a
 correction whose prediction is not visible yet, a statement the schema refuses) is deferred and
@@ -117,12 +117,11 @@ class OutboxWriter:
         self._thread: threading.Thread | None = None
         # One round at a time (the thread and a caller's flush()).
         self._round_lock = threading.Lock()
-        # Odd while a chunk is in the rollups but not yet acknowledged in the outbox (see the module docstring).
+        # Odd while a group is in the rollups but not yet acknowledged in the outbox (see the module docstring).
         self.generation = 0
         self.answering = True
         self.last_failure: str | None = None
         self.resent_entries = 0
-        self.dead_lettered = 0
         self._next_probe_at = 0.0
         self._next_checkpoint_at = 0.0
         self._next_marker_scan_at = 0.0
@@ -313,7 +312,6 @@ class OutboxWriter:
 
     def _defer(self, entry: outbox.OutboxEntry, reason: str) -> None:
         if self._outbox.defer(entry, reason):
-            self.dead_lettered += 1
             logger.error("Outbox entry %d moved to the dead-letter table after %d attempts: %s",
                          entry.sequence, entry.attempts + 1, reason)
         else:
