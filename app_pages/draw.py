@@ -17,6 +17,7 @@ import streamlit_drawable_canvas
 from dashboard import charts, resources
 from mnist_core import readings, settings, storage
 from mnist_core.preprocess import ImageDecodeError
+from mnist_core.strokes import strokes_from_canvas_json
 
 CANVAS_SIDE = 280
 DEFAULT_STROKE_WIDTH = 18
@@ -55,8 +56,9 @@ def request_prediction() -> None:
     st.session_state.draw_pending_since = time.monotonic()
 
 
-def canvas_ui(stroke_width: int) -> np.ndarray | None:
-    """The drawing canvas (toolbar: undo, redo, clear); returns its RGBA picture, or None before the first one."""
+def canvas_ui(stroke_width: int) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """The drawing canvas (toolbar: undo, redo, clear); returns its RGBA picture (None before the first one)
+    and its strokes in drawing order."""
     result = streamlit_drawable_canvas.st_canvas(
         stroke_width=stroke_width,
         stroke_color="#000000",
@@ -68,7 +70,9 @@ def canvas_ui(stroke_width: int) -> np.ndarray | None:
         return_image_data=True,
         key=f"draw_canvas_{st.session_state.draw_canvas_generation}",
     )
-    return result.image_data
+    image = result.image_data
+    strokes = [] if image is None else strokes_from_canvas_json(result.json_data, picture_width=image.shape[1])
+    return image, strokes
 
 
 def controls_ui() -> tuple[int, bool]:
@@ -94,10 +98,10 @@ def show_toast(outcome: storage.StoreOutcome) -> None:
         st.toast("Cassandra is unreachable: kept offline, it will be sent later.", icon=":material/cloud_off:")
 
 
-def read_and_store(image, *, source: str) -> None:
+def read_and_store(image, *, source: str, strokes=None) -> None:
     """Read one picture through mnist_core and keep the result for rendering."""
     result = readings.predict_and_store(
-        image, source=source, recognizer=resources.recognizer_resource(), store=resources.store_resource()
+        image, source=source, recognizer=resources.recognizer_resource(), store=resources.store_resource(), strokes=strokes
     )
     if not result.reading.has_digits:
         st.session_state.draw_result = None
@@ -121,14 +125,14 @@ def wait_for_stroke(seconds: float) -> None:
         checkpoint.empty()
 
 
-def handle_canvas(image: np.ndarray | None, *, live: bool) -> None:
+def handle_canvas(image: np.ndarray | None, *, live: bool, strokes=None) -> None:
     """Predict the canvas picture when asked (or live), after giving a stroke still in flight time to arrive."""
     signature = picture_signature(image)
     pending_since = st.session_state.draw_pending_since
     if pending_since is None:
         if live and has_ink(image) and signature != st.session_state.draw_predicted_signature:
             st.session_state.draw_predicted_signature = signature
-            read_and_store(image, source="canvas")
+            read_and_store(image, source="canvas", strokes=strokes)
         return
     waited = time.monotonic() - pending_since
     if waited < CLICK_GRACE_SECONDS:
@@ -142,7 +146,7 @@ def handle_canvas(image: np.ndarray | None, *, live: bool) -> None:
         st.session_state.draw_message = "blank"
     elif signature != st.session_state.draw_predicted_signature or st.session_state.draw_result is None:
         st.session_state.draw_predicted_signature = signature
-        read_and_store(image, source="canvas")
+        read_and_store(image, source="canvas", strokes=strokes)
     # Otherwise the answer on screen is already this picture's: no second row for it.
 
 
@@ -232,14 +236,14 @@ st.title("Draw a digit")
 drawing_column, answer_column = st.columns([1, 1], gap="large")
 with drawing_column:
     stroke_width, live = controls_ui()
-    canvas_image = canvas_ui(stroke_width)
+    canvas_image, canvas_strokes = canvas_ui(stroke_width)
     predict_column, clear_column = st.columns(2)
     # Read the click inline, not in on_click: a click whose run is cut short by the canvas's own
     # rerun is replayed to the next run, while a callback's session-state write can be lost.
     if predict_column.button("Predict", type="primary", key="draw_predict", width="stretch"):
         request_prediction()
     clear_column.button("Clear", key="draw_clear", on_click=clear_canvas, width="stretch")
-    handle_canvas(canvas_image, live=live)
+    handle_canvas(canvas_image, live=live, strokes=canvas_strokes)
     upload_ui()
 
 with answer_column:

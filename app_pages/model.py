@@ -28,15 +28,20 @@ def real_handwriting_ui(card: dict) -> None:
     if not figures:
         st.caption("No real-handwriting figures in this card yet (`python -m bench.drawn_digits --write-card`).")
         return
-    fit, box, numbers, refused = st.columns(4)
+    fit, box, numbers, drawn_numbers, refused = st.columns(5)
     fit.metric("Real pen digits, filling the canvas", f"{figures['dev_fit_accuracy']:.2%}", border=True)
     box.metric("Real pen digits, writer's own size", f"{figures['dev_box_accuracy']:.2%}", border=True)
     numbers.metric("Numbers of 2-4 digits read exactly", f"{figures['numbers_2_to_4_exact']:.1%}", border=True)
+    if "numbers_2_to_4_exact_with_strokes" in figures:
+        drawn_numbers.metric(
+            "… drawn here (strokes known)", f"{figures['numbers_2_to_4_exact_with_strokes']:.1%}", border=True
+        )
     refused.metric("Scribbles shown as a sure digit", f"{figures['scribbles_shown_as_digit']:.1%}", border=True)
     st.caption(
         f"{figures['dev_digits']:,} digits from {figures['dev_writers']} writers outside MNIST, drawn on the "
         f"280×280 canvas with an 18 px pen; numbers composed from the same writers' digits (touching, "
-        f"slanted, overlapping); scribbles, letters and doodles generated with a seed "
+        f"slanted, overlapping), read from the picture alone (CLI, API, uploads) and, on the Draw page, "
+        f"with the order of the strokes too; scribbles, letters and doodles generated with a seed "
         f"(letters {figures['letters_shown_as_digit']:.1%}, doodles {figures['doodles_shown_as_digit']:.1%} "
         f"shown as a digit with ≥ 60% confidence). Reproduce with `{figures['reproduce']}`."
     )

@@ -5,9 +5,11 @@ The digits are real pen trajectories from 30 writers outside MNIST (the developm
 the 280x280 canvas with an 18 px round pen, as the Draw page would receive it, in two
 placements: *fit* (filling the canvas) and *box* (the writer's own size and place). Numbers
 are composed from one writer's digits, 2 to 6 side by side as people write them (see
-evaluation/canvas_layouts.py). Non-digits are seeded random scribbles and generated
-letters and doodles (evaluation/non_digits.py). Everything is read through the same path as
-the app, the API and the CLI. The last line is a JSON object with every figure.
+evaluation/canvas_layouts.py), and read twice: from the picture alone, as the CLI and the API
+read it, and with the strokes in drawing order too, as the Draw page reads it. Non-digits are
+seeded random scribbles and generated letters and doodles (evaluation/non_digits.py).
+Everything is read through the same path as the app, the API and the CLI. The last line is a
+JSON object with every figure.
 
     python -m bench.drawn_digits [--data PATH] [--numbers-per-length 400] [--model FILE]
 """
@@ -55,9 +57,15 @@ def digit_figures(recognizer, digits, placement: str) -> dict:
                            for (true, guess), count in confusions.most_common(12)]}
 
 
-def number_figures(recognizer, digits, per_length: int) -> dict:
+def number_figures(recognizer, digits, per_length: int, *, with_strokes: bool = False) -> dict:
+    """Exact-number and digit-count accuracy per length; `with_strokes` reads as the Draw page
+    does, with the pen's strokes in drawing order beside the picture (the CLI and the API have
+    the picture only)."""
     numbers = numbers_from_writers(digits, NUMBER_LENGTHS, per_length)
-    readings = read_all(recognizer, (number.picture for number in numbers))
+    readings = [recognizer.read(number.picture, strokes=[stroke for strokes in number.digit_strokes
+                                                         for stroke in strokes]
+                                if with_strokes else None)
+                for number in numbers]
     figures = {}
     for length in NUMBER_LENGTHS:
         pairs = [(number, reading) for number, reading in zip(numbers, readings)
@@ -123,11 +131,14 @@ def main(arguments: list[str] | None = None) -> int:
                                            for digit, value in result["per_class"].items()))
         print("   confusions: " + ", ".join(
             f"{item['true']}→{item['read']} ×{item['count']}" for item in result["confusions"]))
-    numbers = number_figures(recognizer, digits, parsed.numbers_per_length)
-    figures["numbers"] = numbers
-    for length, result in numbers.items():
-        print(f"numbers of {length} digits: exact {result['exact']:.1%}, "
-              f"digit count {result['digit_count']:.1%} ({result['count']})")
+    for key, with_strokes, label in (("numbers", False, "picture only (CLI, API)"),
+                                     ("numbers_with_strokes", True, "with strokes (Draw page)")):
+        numbers = number_figures(recognizer, digits, parsed.numbers_per_length,
+                                 with_strokes=with_strokes)
+        figures[key] = numbers
+        for length, result in numbers.items():
+            print(f"numbers of {length} digits, {label}: exact {result['exact']:.1%}, "
+                  f"digit count {result['digit_count']:.1%} ({result['count']})")
     non_digits = non_digit_figures(recognizer, parsed.non_digits_per_kind)
     figures["non_digits"] = non_digits
     for kind, result in non_digits.items():
@@ -155,6 +166,10 @@ def write_card(recognizer, figures: dict, digits) -> None:
                                     for length, result in figures["numbers"].items()
                                     if length != "2_to_4"},
         "numbers_per_length": figures["numbers"]["2"]["count"],
+        "numbers_2_to_4_exact_with_strokes": round(
+            figures["numbers_with_strokes"]["2_to_4"]["exact"], 4),
+        "numbers_2_to_4_digit_count_with_strokes": round(
+            figures["numbers_with_strokes"]["2_to_4"]["digit_count"], 4),
         **{f"{kind}_shown_as_digit": round(result["shown_as_digit_confident"], 4)
            for kind, result in figures["non_digits"].items()},
         "reproduce": "python -m bench.drawn_digits --write-card "

@@ -51,6 +51,8 @@ class ComposedNumber:
     picture: np.ndarray
     pen_width: float
     gaps: tuple[float, ...]
+    # Each digit's strokes in canvas pixels, as painted: which ink belongs to which digit.
+    digit_strokes: tuple[tuple[np.ndarray, ...], ...] = ()
 
 
 def compose_number(digits: Sequence[PenDigit], random: np.random.Generator) -> ComposedNumber:
@@ -102,9 +104,12 @@ def compose_number(digits: Sequence[PenDigit], random: np.random.Generator) -> C
     fit = min(1.0, room / extent.max())
     offset = (CANVAS_SIDE - extent * fit) / 2
     strokes = [(stroke - low) * fit + offset for stroke in everything]
+    counts = np.cumsum([0, *(len(digit_strokes) for digit_strokes in placed)])
     return ComposedNumber(text="".join(str(digit.label) for digit in digits),
                           picture=canvas_picture(strokes, pen_width=pen_width),
-                          pen_width=pen_width, gaps=tuple(gaps))
+                          pen_width=pen_width, gaps=tuple(gaps),
+                          digit_strokes=tuple(tuple(strokes[start:stop]) for start, stop
+                                              in zip(counts[:-1], counts[1:])))
 
 
 def numbers_from_writers(digits: Sequence[PenDigit], lengths: Sequence[int], per_length: int,

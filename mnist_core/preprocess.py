@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
 
 MODEL_SIDE = 28
 DIGIT_BOX_SIDE = 20
@@ -264,7 +263,9 @@ def normalise_digit(ink: np.ndarray) -> np.ndarray:
     if peak <= 0:
         return np.zeros((MODEL_SIDE, MODEL_SIDE), dtype=np.float32)
     resized = np.minimum(resized / peak, 1.0)
-    centre_row, centre_column = ndimage.center_of_mass(resized)
+    total = float(resized.sum())
+    centre_row = float(resized.sum(axis=1) @ np.arange(resized.shape[0])) / total
+    centre_column = float(resized.sum(axis=0) @ np.arange(resized.shape[1])) / total
     # MNIST's centres of mass sit at (14, 14) in pixel-index coordinates, not at 13.5.
     middle = MODEL_SIDE / 2
     top = int(np.clip(round(middle - centre_row), 0, MODEL_SIDE - resized.shape[0]))

@@ -33,17 +33,19 @@ class StoredReading(typing.NamedTuple):
     outcome: StoreOutcome | None
 
 
-def predict_and_store(image, *, source: str, recognizer: Recognizer, store: PredictionStore) -> StoredReading:
+def predict_and_store(image, *, source: str, recognizer: Recognizer, store: PredictionStore,
+                      strokes=None) -> StoredReading:
     """Read a picture and store the prediction; a blank picture or one that is not a digit
     is answered and nothing is stored.
 
     ``image`` is anything :meth:`Recognizer.read` takes (canvas RGBA array, bytes, PIL image,
-    path). Raises ImageDecodeError (a ValueError with a sentence) for unreadable images and
+    path); ``strokes``, the canvas's pen paths in drawing order, help tell overlapping digits
+    apart. Raises ImageDecodeError (a ValueError with a sentence) for unreadable images and
     ValueError for an unknown source; storage outages never raise (the record is queued).
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}.")
-    reading = recognizer.read(image)
+    reading = recognizer.read(image, strokes=strokes)
     if not reading.has_digits:
         return StoredReading(reading=reading, record=None, outcome=None)
     record = record_for_reading(reading, source=source, model_version=recognizer.model_version)

@@ -4,8 +4,9 @@ People write numbers close together: neighbouring digits touch, a 7's bar or a 9
 reaches over the next digit, a 4 or a 5 is drawn in two strokes. No rule on the pieces of
 ink alone gets all of these right, so the picture is *over-segmented* and the classifier
 decides:
-1. the ink is cut into *atoms*: its connected pieces, and pieces wider than a digit are
-   cut again at candidate columns (the thinnest places in the ink, and even divisions);
+1. the ink is cut into *atoms*: its connected pieces, and pieces wide enough to hold two
+   digits are cut again at candidate columns (where the outline dips, the thinnest places
+   in the ink, and even divisions);
 2. every run of up to four neighbouring atoms (left to right) is a *candidate* digit, made
    into a 28x28 model input exactly as a lone digit would be;
 3. the model scores every candidate, and the grouping of all atoms into digits with the
@@ -18,6 +19,7 @@ Callers without a model (`preprocess.preprocess`) get the grouping the priors al
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -32,12 +34,14 @@ MAX_ATOMS_PER_DIGIT = 4
 MAX_ATOMS = 28
 # Pieces smaller than this share of the largest are specks.
 SPECK_SHARE = 0.04
-# A piece is considered for cutting when it is wider than this many times the line height;
-# in a row of digits much narrower ones too (a 1 touching a 4 is not much wider than a 4).
-CUTTABLE_WIDTH = 1.0
-NUMBER_CUTTABLE_WIDTH = 0.45
-# Ink wider than this many times its height is taken for a row of digits.
-NUMBER_WIDTH = 1.3
+# A piece is considered for cutting when it is wider than this many times the line height.
+# Two digits written close together are often no wider than tall (a 7 over a 4, a 1 against
+# a 9), so even a piece that looks like one digit is cut; the whole piece stays a candidate,
+# and the model, trained on such cuts (train/number_candidates.py), says which it is.
+CUTTABLE_WIDTH = 0.45
+NARROW_PIECE_WIDTH = 1.0
+NARROW_CUT_DEPTH = 0.1
+NARROW_PIECE_CUTS = 2
 # The width of a typical digit, in line heights, for even divisions of a wide piece.
 TYPICAL_DIGIT_WIDTH = 0.62
 MAX_CUTS_PER_PIECE = 6
@@ -57,8 +61,15 @@ WIDE_WIDTH = 1.3
 # unless it is more than this many times as wide as tall (MNIST's widest digits reach 2.0; on
 # 10,000 MNIST training digits read through the product, 1.6 left 39 split in two, 2.0 left 8).
 WHOLE_CANDIDATE_MAX_ASPECT = 2.0
-WIDE_PENALTY = 3.0
+# Without a model, joining side-by-side pieces into one wide candidate must never pay (each digit
+# saved is worth DIGIT_COST + 1.0, and a candidate holds up to MAX_ATOMS_PER_DIGIT atoms).
+WIDE_PENALTY = 5.0
 MODEL_FREE_CUT_PENALTY = 2.0
+# Strokes (see _stroke_atoms): ink within this many pixels of a second stroke's path, beyond
+# its distance to the nearest, belongs to both; if more than this share of the ink is far
+# from every stroke, the strokes are not the picture's and the ink is cut as usual.
+STROKE_SHARED_DISTANCE = 1.5
+UNEXPLAINED_INK_SHARE = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +111,11 @@ class Segmentation:
     # Row extents (top, bottom) of each candidate, and for each atom the piece it was cut from.
     heights: tuple[tuple[int, int], ...]
     atom_pieces: tuple[int, ...]
+    # The atoms themselves (masks in the working picture, the ink map's pixels), left to right:
+    # training labels each candidate by whose ink it holds (train/number_candidates.py).
+    atoms: tuple[Atom, ...] = ()
+    # Atoms are the person's strokes in the order drawn (see segment), not pieces left to right.
+    by_strokes: bool = False
 
     @property
     def is_blank(self) -> bool:
@@ -111,8 +127,14 @@ class Segmentation:
         `digit_log_probabilities[k]` is the log-probability that candidate k is a digit;
         without it only the priors decide.
         """
+        return self.best_grouping(digit_log_probabilities)[0]
+
+    def best_grouping(self, digit_log_probabilities: np.ndarray | None = None
+                      ) -> tuple[list[int], float]:
+        """`choose`'s candidates and the grouping's total score (comparable between two
+        segmentations of the same picture, as both group all of its ink)."""
         if self.atom_count == 0:
-            return []
+            return [], 0.0
         scores = self.priors - DIGIT_COST
         if digit_log_probabilities is not None:
             scores = scores + np.asarray(digit_log_probabilities, dtype=np.float64)
@@ -139,11 +161,15 @@ class Segmentation:
                    if stop == self.atom_count and index in best]
         chosen: list[int] = []
         current: int | None = max(endings, key=lambda index: best[index][0])
+        total = float(best[current][0])
         while current is not None:
             chosen.append(current)
             current = best[current][1]
         chosen.reverse()
-        return [index for index in chosen if not self.dots[index]][:MAX_DIGITS]
+        if self.by_strokes:
+            # Atoms came in drawing order; digits are read left to right.
+            chosen.sort(key=lambda index: sum(self.extents[index]))
+        return [index for index in chosen if not self.dots[index]][:MAX_DIGITS], total
 
     def _boundary_penalty(self, first: int, second: int, *, with_model: bool = True) -> float:
         """What it costs to end one digit at candidate `first` and start the next at `second`.
@@ -158,7 +184,9 @@ class Segmentation:
         left_b, right_b = self.extents[second]
         overlap = min(right_a, right_b) - max(left_a, left_b)
         narrower = max(min(right_a - left_a, right_b - left_b), 1)
-        if overlap >= STACKED_OVERLAP * narrower:
+        if overlap >= STACKED_OVERLAP * narrower and not self.by_strokes:
+            # (Strokes in the same columns may be two digits written over each other; the
+            # model judges those. Pieces of ink there are one digit drawn in two strokes.)
             penalty += STACKED_PENALTY
         elif overlap > 0:
             top_a, bottom_a = self.heights[first]
@@ -190,8 +218,7 @@ def _pieces(mask: np.ndarray) -> list[Atom]:
     return pieces
 
 
-def _cut_columns(piece: Atom, line_height: int, pen_width: float,
-                 cuttable_width: float = CUTTABLE_WIDTH) -> list[int]:
+def _cut_columns(piece: Atom, line_height: int, pen_width: float) -> list[int]:
     """Candidate cut columns (relative to the piece) for a piece wider than a digit.
 
     Where two digits touch, the ink's upper outline dips and its lower outline rises
@@ -200,7 +227,7 @@ def _cut_columns(piece: Atom, line_height: int, pen_width: float,
     even divisions by a typical digit width.
     """
     width = piece.right - piece.left
-    if width < cuttable_width * line_height:
+    if width < CUTTABLE_WIDTH * line_height:
         return []
     mask = piece.mask
     filled = mask.any(axis=0)
@@ -216,22 +243,29 @@ def _cut_columns(piece: Atom, line_height: int, pen_width: float,
     depth = ndimage.uniform_filter1d(np.where(filled, dip + rise, height), size=3)
     profile = ndimage.uniform_filter1d(mask.sum(axis=0).astype(np.float64),
                                        size=max(3, int(pen_width / 2)))
-    margin = max(int(0.2 * line_height), 2)
+    # A cut leaves at least most of a pen width on each side: a 1 is no wider than its pen.
+    margin = max(int(min(0.2 * line_height, 0.8 * pen_width)), 2)
+    # A piece no wider than a digit is cut only where two digits plainly meet (a deep dip and
+    # rise): most such pieces are one digit, and each cut adds candidates to read.
+    narrow = width < NARROW_PIECE_WIDTH * line_height
     cuts: list[int] = []
     for values, wanted in ((depth, 1.0), (profile, -1.0)):
+        if narrow and wanted < 0:
+            continue
         inner = wanted * values[margin:width - margin]
         if inner.size <= 2:
             continue
         peaks = np.flatnonzero((inner[1:-1] >= inner[:-2]) & (inner[1:-1] >= inner[2:])) + 1
         if wanted > 0:
-            peaks = peaks[inner[peaks] >= 0.1 * line_height]
+            peaks = peaks[inner[peaks] >= (NARROW_CUT_DEPTH if narrow else 0.1) * line_height]
         cuts.extend(int(position + margin) for position in peaks[np.argsort(-inner[peaks],
                                                                               kind="stable")])
-    digits = max(2, int(round(width / (TYPICAL_DIGIT_WIDTH * line_height))))
-    cuts.extend(int(round(width * part / digits)) for part in range(1, digits))
+    if not narrow:
+        digits = max(2, int(round(width / (TYPICAL_DIGIT_WIDTH * line_height))))
+        cuts.extend(int(round(width * part / digits)) for part in range(1, digits))
     spacing = max(int(0.18 * line_height), 2)
-    limit = (MAX_ATOMS_PER_DIGIT - 1 if width < SINGLE_DIGIT_WIDTH * line_height
-             else MAX_CUTS_PER_PIECE)
+    limit = (NARROW_PIECE_CUTS if narrow else MAX_ATOMS_PER_DIGIT - 1
+             if width < SINGLE_DIGIT_WIDTH * line_height else MAX_CUTS_PER_PIECE)
     chosen: list[int] = []
     for cut in cuts:
         if margin <= cut <= width - margin and all(abs(cut - other) >= spacing
@@ -260,8 +294,12 @@ def _split(piece: Atom, cuts: list[int]) -> list[Atom]:
 def _pen_width(mask: np.ndarray) -> float:
     """Area over half the perimeter: the width of a long stroke."""
     area = float(mask.sum())
-    eroded = ndimage.binary_erosion(mask)
-    perimeter = area - float(eroded.sum())
+    # The pixels whose four neighbours are all ink (a 3x3-cross erosion, by slicing: cheaper
+    # than ndimage for one small mask per drawing).
+    padded = np.pad(mask, 1)
+    inner = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2]
+             & padded[1:-1, 2:])
+    perimeter = area - float(inner.sum())
     return area / max(perimeter / 2.0, 1.0)
 
 
@@ -283,7 +321,7 @@ def _is_dot(mask: np.ndarray) -> bool:
     return max(mask.shape) < 1.35 * 2 * radius
 
 
-def _atoms(mask: np.ndarray, cuttable_width: float = CUTTABLE_WIDTH) -> list[Atom]:
+def _atoms(mask: np.ndarray) -> list[Atom]:
     pieces = _pieces(mask)
     if not pieces:
         return []
@@ -292,11 +330,11 @@ def _atoms(mask: np.ndarray, cuttable_width: float = CUTTABLE_WIDTH) -> list[Ato
     atoms: list[Atom] = []
     pen_width = None
     for piece in pieces:
-        if piece.right - piece.left < cuttable_width * line_height:
+        if piece.right - piece.left < CUTTABLE_WIDTH * line_height:
             atoms.append(piece)
             continue
         pen_width = _pen_width(mask) if pen_width is None else pen_width
-        atoms.extend(_split(piece, _cut_columns(piece, line_height, pen_width, cuttable_width)))
+        atoms.extend(_split(piece, _cut_columns(piece, line_height, pen_width)))
     atoms.sort(key=lambda atom: atom.centre_column)
     if len(atoms) > MAX_ATOMS:
         # Noise or a scribble of many pieces: neighbours (left to right) are joined into
@@ -317,14 +355,67 @@ def _union(atoms: list[Atom]) -> Atom:
     return Atom(mask=mask, top=top, left=left, bottom=bottom, right=right, piece=atoms[0].piece)
 
 
-def _is_number_like(mask: np.ndarray) -> bool:
-    """Ink much wider than tall is taken for a row of digits."""
-    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return bool(rows.size) and (columns[-1] - columns[0] + 1) > NUMBER_WIDTH * (rows[-1] - rows[0] + 1)
+def _stroke_atoms(mask: np.ndarray, strokes: Sequence[np.ndarray],
+                  scale: float) -> list[Atom] | None:
+    """The ink of each stroke (runs of strokes when there are very many), in drawing order.
+
+    Every ink pixel goes to the stroke whose path passes nearest, and to any other passing
+    within STROKE_SHARED_DISTANCE of that, so where two strokes cross both keep the crossing.
+    None when the strokes leave ink unexplained (they are not this picture's).
+    """
+    if not mask.any():
+        return []
+    paths = [np.asarray(stroke, dtype=np.float64).reshape(-1, 2) / max(scale, 1e-9)
+             for stroke in strokes]
+    paths = [path for path in paths if len(path) and np.all(np.isfinite(path))]
+    if not paths:
+        return None
+    runs = np.array_split(np.arange(len(paths)), min(len(paths), MAX_ATOMS))
+    height, width = mask.shape
+    distances = []
+    for run in runs:
+        line = np.zeros(mask.shape, dtype=bool)
+        for index in run:
+            points = _densified(paths[index])
+            columns = np.clip(np.rint(points[:, 0]).astype(np.int64), 0, width - 1)
+            rows = np.clip(np.rint(points[:, 1]).astype(np.int64), 0, height - 1)
+            line[rows, columns] = True
+        distances.append(ndimage.distance_transform_edt(~line))
+    distances = np.stack(distances)
+    nearest = distances.min(axis=0)
+    reach = _pen_width(mask) / 2 + STROKE_SHARED_DISTANCE + 1.0
+    if (nearest[mask] > reach).mean() > UNEXPLAINED_INK_SHARE:
+        return None
+    atoms = []
+    for index, distance in enumerate(distances):
+        own = mask & (distance <= nearest + STROKE_SHARED_DISTANCE)
+        rows, columns = np.flatnonzero(own.any(axis=1)), np.flatnonzero(own.any(axis=0))
+        if rows.size == 0:
+            continue
+        atoms.append(Atom(mask=own[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1],
+                          top=int(rows[0]), left=int(columns[0]), bottom=int(rows[-1]) + 1,
+                          right=int(columns[-1]) + 1, piece=index))
+    return atoms
 
 
-def segment(image) -> Segmentation:
-    """All candidate digits of a picture (array, PIL image, bytes or path)."""
+def _densified(points: np.ndarray, spacing: float = 0.5) -> np.ndarray:
+    """A polyline's points with more in between, none further than `spacing` apart."""
+    if len(points) < 2:
+        return points
+    steps = np.maximum(np.ceil(np.linalg.norm(np.diff(points, axis=0), axis=1) / spacing), 1)
+    pieces = [np.linspace(start, end, int(count), endpoint=False)
+              for start, end, count in zip(points[:-1], points[1:], steps)]
+    return np.concatenate([*pieces, points[-1:]])
+
+
+def segment(image, strokes: Sequence[np.ndarray] | None = None) -> Segmentation:
+    """All candidate digits of a picture (array, PIL image, bytes or path).
+
+    With `strokes` (the pen's paths in the order drawn, in the picture's pixels, as the Draw
+    page's canvas reports them) the atoms are the strokes themselves, so digits whose ink
+    overlaps are still told apart: each digit is a run of consecutive strokes. Strokes that
+    do not account for the picture's ink are ignored.
+    """
     from PIL import Image
 
     if isinstance(image, (str, bytes, bytearray, memoryview)) or hasattr(image, "__fspath__"):
@@ -337,7 +428,9 @@ def segment(image) -> Segmentation:
     ink = ink_map(image)
     scale_back = original_height / ink.shape[0] if ink.shape[0] else 1.0
     mask = ink >= INK_MASK_LEVEL
-    atoms = _atoms(mask, NUMBER_CUTTABLE_WIDTH if _is_number_like(mask) else CUTTABLE_WIDTH)
+    atoms = _stroke_atoms(mask, strokes, scale_back) if strokes else None
+    by_strokes = atoms is not None
+    atoms = atoms if by_strokes else _atoms(mask)
     if not atoms:
         return Segmentation(candidates=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
                             spans=(), boxes=(), priors=np.zeros(0), atom_count=0, extents=(),
@@ -370,7 +463,8 @@ def segment(image) -> Segmentation:
     return Segmentation(candidates=np.stack(candidates).astype(np.float32), spans=tuple(spans),
                         boxes=tuple(boxes), priors=np.asarray(priors), atom_count=len(atoms),
                         extents=tuple(extents), dots=tuple(dots), wide=tuple(wide),
-                        heights=tuple(heights), atom_pieces=tuple(atom.piece for atom in atoms))
+                        heights=tuple(heights), atom_pieces=tuple(atom.piece for atom in atoms),
+                        atoms=tuple(atoms), by_strokes=by_strokes)
 
 
 def _model_input(ink: np.ndarray, mask: np.ndarray, group: Atom) -> np.ndarray:

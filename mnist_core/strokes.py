@@ -53,3 +53,35 @@ def canvas_picture(strokes: Sequence[np.ndarray], *, pen_width: float,
     picture[..., :3] = 255
     picture[..., 3] = np.rint(alpha * 255).astype(np.uint8)
     return picture
+
+
+def strokes_from_canvas_json(json_data, *, picture_width: int,
+                             canvas_width: int = CANVAS_SIDE) -> list[np.ndarray]:
+    """The pen paths of a drawable-canvas JSON scene, in drawing order, in picture pixels.
+
+    The canvas (fabric.js) keeps each free-hand stroke as a path object whose commands
+    (``M x y``, ``Q cx cy x y``, ``L x y``) hold absolute canvas coordinates; its picture may
+    be larger than the canvas on high-density screens, hence the scale. Anything that is not
+    a plain, untransformed path is skipped; an unusable scene gives no strokes, and the
+    drawing is then read from its pixels alone.
+    """
+    if not isinstance(json_data, dict) or not isinstance(json_data.get("objects"), list):
+        return []
+    scale = picture_width / canvas_width if canvas_width else 1.0
+    strokes = []
+    for item in json_data["objects"]:
+        if not isinstance(item, dict) or item.get("type") not in ("path", "Path"):
+            continue
+        if any(item.get(key, 1) != 1 for key in ("scaleX", "scaleY")) or item.get("angle", 0) != 0:
+            continue
+        points = []
+        for command in item.get("path") or []:
+            if not isinstance(command, (list, tuple)) or len(command) < 3:
+                continue
+            numbers = [value for value in command[1:] if isinstance(value, (int, float))]
+            points.extend(zip(numbers[0::2], numbers[1::2]))
+        if points:
+            stroke = np.asarray(points, dtype=np.float64) * scale
+            if np.all(np.isfinite(stroke)):
+                strokes.append(stroke)
+    return strokes

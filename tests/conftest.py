@@ -290,11 +290,28 @@ class FakeCanvas:
     """Stands in for streamlit-drawable-canvas (whose component cannot render under AppTest): returns ``picture``."""
 
     picture: object = None
+    # The canvas's fabric.js scene (its strokes), or None.
+    json_data: object = None
     calls: int = 0
 
     def st_canvas(self, **options):
         self.calls += 1
-        return types.SimpleNamespace(image_data=self.picture, json_data=None)
+        return types.SimpleNamespace(image_data=self.picture, json_data=self.json_data)
+
+
+def fabric_scene(strokes) -> dict:
+    """A drawable-canvas JSON scene of free-hand strokes, as fabric.js stores them: each a path of
+    an M command, Q segments through the points' midpoints and a closing L, in canvas pixels."""
+    import numpy as np
+
+    objects = []
+    for stroke in strokes:
+        points = np.asarray(stroke, dtype=float)
+        commands = [["M", *points[0]]]
+        commands += [["Q", *points[index], *((points[index] + points[index + 1]) / 2)] for index in range(len(points) - 1)]
+        commands.append(["L", *points[-1]])
+        objects.append({"type": "path", "left": 0, "top": 0, "scaleX": 1, "scaleY": 1, "angle": 0, "path": commands})
+    return {"version": "6.0.0", "objects": objects}
 
 
 @pytest.fixture

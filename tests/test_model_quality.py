@@ -18,6 +18,10 @@ from train.drawings import redraw
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 CARD = REPOSITORY_ROOT / "models" / "mnist_cnn.card.json"
+# The numbers test measured 77.0% exact and 88.3% with the right digit count on the shipped
+# model (75.3% / 88.3% with seed 24); the bars leave a margin for a re-trained model.
+NUMBERS_EXACT = 0.72
+NUMBERS_COUNTED = 0.84
 
 
 @pytest.mark.slow
@@ -47,12 +51,38 @@ def test_committed_model_reads_digits_redrawn_on_the_canvas(recognizer, mnist, l
     assert refused <= 5, f"{refused} real digits refused as not a digit"
 
 
-@pytest.mark.parametrize("kind", ["scribbles", "letters", "doodles"])
-def test_committed_model_does_not_show_non_digits_as_confident_digits(recognizer, kind):
+# Bars per kind, from the shipped model's figures (bench, seed 31): scribbles 10%, letters 20%,
+# doodles 2%. Letters rose from 10% when a piece no wider than a digit began to be cut (an H
+# reads as "14"), the price of reading touching 2-digit numbers (73% -> 85% exact).
+@pytest.mark.parametrize("kind, bar", [("scribbles", 0.15), ("letters", 0.30), ("doodles", 0.10)])
+def test_committed_model_does_not_show_non_digits_as_confident_digits(recognizer, kind, bar):
     from evaluation.non_digits import non_digit_pictures
 
     readings = [recognizer.read(picture) for picture in non_digit_pictures(kind, 150, seed=8)]
     confident = [reading.has_digits and reading.overall_confidence >= 0.6 for reading in readings]
-    # Measured on the shipped model: scribbles 19%, letters 10%, doodles 5% (bench, seed 31).
-    assert np.mean(confident) <= 0.25, f"{kind}: {np.mean(confident):.1%} shown as a confident digit"
+    assert np.mean(confident) <= bar, f"{kind}: {np.mean(confident):.1%} shown as a confident digit"
     assert any(reading.is_not_a_digit for reading in readings)
+
+
+def test_committed_model_reads_whole_numbers_of_unseen_writers(recognizer, mnist):
+    """Numbers of 2-4 MNIST test digits (writers never trained on), touching, overlapping and
+    slanted as train/number_candidates.py composes them, read from the picture alone."""
+    from train.number_candidates import compose, paint_digit
+
+    random = np.random.default_rng(23)
+    exact, counted, total = 0, 0, 0
+    while total < 300:
+        length = int(random.integers(2, 5))
+        indices = random.integers(len(mnist.test_labels), size=length)
+        composed = compose(mnist.test_images, mnist.test_labels, indices, random)
+        if composed is None:
+            continue
+        digits, pen = composed
+        picture = np.max(np.stack([paint_digit(parts, pen) for parts in digits]), axis=0)
+        reading = recognizer.read(picture)
+        text = "".join(str(label) for label in mnist.test_labels[indices])
+        exact += reading.text == text
+        counted += len(reading.digits) == length
+        total += 1
+    assert exact / total >= NUMBERS_EXACT, f"{exact / total:.1%} of {total} numbers read exactly"
+    assert counted / total >= NUMBERS_COUNTED, f"digit count right for {counted / total:.1%}"

@@ -23,6 +23,7 @@ def test_model_page_shows_the_model_card(app_settings):
     real = card["real_handwriting"]
     assert figures["Real pen digits, filling the canvas"] == f"{real['dev_fit_accuracy']:.2%}"
     assert figures["Numbers of 2-4 digits read exactly"] == f"{real['numbers_2_to_4_exact']:.1%}"
+    assert figures["… drawn here (strokes known)"] == f"{real['numbers_2_to_4_exact_with_strokes']:.1%}"
     assert figures["Parameters"] == f"{card['parameter_count']:,}"
     per_class = chart_with_columns(app, "digit", "measure", "value")
     recall_of_eight = per_class[(per_class["digit"] == 8) & (per_class["measure"] == "recall")]["value"].iloc[0]

@@ -79,7 +79,9 @@ def test_a_digit_cut_into_many_atoms_is_also_a_candidate_whole(mnist, recognizer
     assert len(many_atoms) >= 10, "too few test digits cut into many atoms to say anything"
     readings = recognizer.read_segmented([segment(mnist.test_images[index]) for index in many_atoms])
     one_digit = [reading for reading in readings if len(reading.digits) == 1]
-    assert len(one_digit) >= 0.97 * len(readings), f"{len(readings) - len(one_digit)} of {len(readings)} split"
+    split = [reading for reading in readings if len(reading.digits) > 1]
+    # (A refusal as "not a digit" is the model's error, counted by the model-quality tests.)
+    assert len(split) <= 0.03 * len(readings), f"{len(split)} of {len(readings)} split"
     right = sum(reading.digit == mnist.test_labels[index] for index, reading in zip(many_atoms, readings)
                 if len(reading.digits) == 1)
     assert right >= 0.9 * len(readings)
@@ -92,3 +94,49 @@ def test_a_digit_cut_into_many_atoms_is_also_a_candidate_whole(mnist, recognizer
     wide_and_split = segment(np.hstack([mnist.test_images[0], mnist.test_images[1], mnist.test_images[2]]))
     assert (0, wide_and_split.atom_count) not in wide_and_split.spans or wide_and_split.atom_count <= 4, \
         "three digits side by side are too wide to be one candidate"
+
+
+def test_two_touching_digits_no_wider_than_tall_are_cut():
+    # A 1 leaning on a 0, written close: the ink is one piece, taller than wide.
+    stem = np.array([[72, 50], [72, 230]])
+    ring = _circle(138, 140, 52)
+    picture = canvas_picture([stem, ring], pen_width=16)
+    mask = picture[..., 3] > 128
+    columns, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    assert columns[-1] - columns[0] < rows[-1] - rows[0]
+    segmentation = segment(picture)
+    assert segmentation.atom_count >= 2
+    # Some candidate holds the stem alone and another the ring alone, so a model can choose "10".
+    lefts = [box for box in segmentation.boxes if box.right <= 95]
+    rights = [box for box in segmentation.boxes if box.left >= 70 and box.right >= 180]
+    assert lefts and rights
+    scores = np.full(len(segmentation.spans), np.log(0.05))
+    for index, box in enumerate(segmentation.boxes):
+        if box in lefts or (box in rights and box.left <= 86):
+            scores[index] = np.log(0.99)
+    chosen = segmentation.choose(scores)
+    assert len(chosen) == 2 and segmentation.boxes[chosen[0]].right <= 95
+
+
+def test_strokes_tell_apart_digits_whose_ink_overlaps():
+    # A 1 drawn through the left side of a 0: one piece of ink no cut can divide.
+    stem = np.array([[80.0, 50.0], [80.0, 230.0]])
+    ring = _circle(135, 140, 55)
+    picture = canvas_picture([stem, ring], pen_width=16)
+    assert not segment(picture).by_strokes
+    from_strokes = segment(picture, [stem, ring])
+    assert from_strokes.by_strokes and from_strokes.atom_count == 2
+    stem_box, ring_box = (from_strokes.boxes[from_strokes.spans.index(span)] for span in [(0, 1), (1, 2)])
+    assert stem_box.right <= 100 and ring_box.left <= 85 and ring_box.right >= 185
+    # A model sure of each alone reads two digits, left to right, even when drawn right to left.
+    backwards = segment(picture, [ring, stem])
+    scores = np.array([np.log(0.99) if stop - start == 1 else np.log(0.05) for start, stop in backwards.spans])
+    chosen = backwards.choose(scores)
+    assert [backwards.boxes[index].right <= 100 for index in chosen] == [True, False]
+
+
+def test_strokes_that_are_not_the_pictures_are_ignored():
+    picture = canvas_picture([_circle(140, 140, 60)], pen_width=16)
+    elsewhere = [np.array([[20.0, 20.0], [60.0, 30.0]])]
+    assert not segment(picture, elsewhere).by_strokes
+    assert segment(picture, []).by_strokes is False

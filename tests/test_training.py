@@ -19,7 +19,7 @@ def smoke_options(tmp_path, name: str) -> TrainingOptions:
     # batches small enough that batch normalisation's moving statistics settle in two epochs.
     return TrainingOptions(epochs=2, train_subset=3000, output=tmp_path / name / "model.keras",
                            data_source="hub", verbose=0, seed=5, canvas_passes=0, mnist_passes=1,
-                           batch_size=16)
+                           batch_size=16, numbers=40)
 
 
 def test_smoke_training_writes_model_and_card(tmp_path, mnist):

@@ -55,3 +55,23 @@ def test_the_benchmark_says_plainly_when_the_set_is_absent(tmp_path, capsys):
 
     assert main(["--data", str(tmp_path / "absent.unipen")]) == 2
     assert "not at" in capsys.readouterr().err
+
+
+def test_a_composed_number_keeps_each_digits_strokes_in_drawing_order():
+    from evaluation.canvas_layouts import compose_number
+    from evaluation.unipen import PenDigit
+    from mnist_core.strokes import canvas_picture
+
+    seven = PenDigit(label=7, writer=1, strokes=(np.array([[0.0, 0.0], [200.0, 0.0], [80.0, 400.0]]),
+                                                 np.array([[40.0, 200.0], [180.0, 200.0]])))
+    one = PenDigit(label=1, writer=1, strokes=(np.array([[100.0, 0.0], [100.0, 400.0]]),))
+    number = compose_number([seven, one, seven], np.random.default_rng(2))
+    assert number.text == "717"
+    assert [len(strokes) for strokes in number.digit_strokes] == [2, 1, 2]
+    # Painting every digit's strokes, in order, makes exactly the number's picture.
+    strokes = [stroke for digit in number.digit_strokes for stroke in digit]
+    np.testing.assert_array_equal(canvas_picture(strokes, pen_width=number.pen_width), number.picture)
+    # Left to right: each digit's middle lies right of the one before it.
+    middles = [np.mean([(stroke[:, 0].min() + stroke[:, 0].max()) / 2 for stroke in digit])
+               for digit in number.digit_strokes]
+    assert middles == sorted(middles)

@@ -8,9 +8,9 @@ image is such a product:
   writers rarely did (a crossbar on 7, a flag and a foot on 1, a curved tail on 9, an open
   top on 4), and painted at any size from a small corner digit to one filling the canvas,
   with a pen 9 to 22 px wide;
-- drawings that are *not* digits, the eleventh class: dashes, smooth random curves, two digits
-  run together (so a merged pair is never read as one digit), letters from Pillow's bundled
-  font, and digits turned on their side.
+- drawings that are *not* digits, the eleventh class: wandering pen strokes, dashes, smooth
+  random curves, two digits run together (so a merged pair is never read as one digit),
+  letters from Pillow's bundled font, and digits turned on their side.
 Generation is seeded per example, so a re-run makes the same pictures, and it runs in worker
 processes (it is a few minutes of NumPy and Pillow work).
 """
@@ -140,7 +140,7 @@ def with_style(points: np.ndarray, label: int, random: np.random.Generator,
 # Painting on the canvas
 # ---------------------------------------------------------------------------------------
 
-def _warp(parts: list[np.ndarray], random: np.random.Generator,
+def warp(parts: list[np.ndarray], random: np.random.Generator,
           style: StyleSettings = STYLE) -> list[np.ndarray]:
     angle = np.radians(float(random.uniform(-1, 1)) * style.rotation_degrees)
     shear = np.tan(np.radians(float(random.uniform(-1, 1)) * style.shear_degrees))
@@ -197,7 +197,7 @@ def redrawn_digit(image: np.ndarray, label: int, random: np.random.Generator) ->
     points = centre_points(image)
     if len(points) < 3:
         return model_input(image)
-    return model_input(paint(_warp(with_style(points, label, random), random), random))
+    return model_input(paint(warp(with_style(points, label, random), random), random))
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,9 +224,35 @@ def _squiggle(random: np.random.Generator) -> np.ndarray:
     return CubicSpline(along, knots)(np.linspace(0.0, 1.0, 25 * len(knots)))
 
 
+def _wander(random: np.random.Generator) -> np.ndarray:
+    """A pen left to wander: a path whose heading drifts, and now and then turns sharply.
+
+    Paths nearly as long end to end as along the way are drawn again: those are lines, and
+    a lone line may well be a 1.
+    """
+    steps = int(random.integers(30, 140))
+    turns = random.normal(0.0, float(random.uniform(0.1, 0.5)), steps)
+    sharp = random.random(steps) < 0.04
+    turns[sharp] += random.choice([-1.0, 1.0], int(sharp.sum())) * random.uniform(1.5, 3.0, int(
+        sharp.sum()))
+    heading = float(random.uniform(0, 2 * np.pi)) + np.cumsum(turns)
+    path = np.cumsum(np.stack([np.cos(heading), np.sin(heading)], axis=1), axis=0)
+    if np.linalg.norm(path[-1] - path[0]) > 0.6 * steps:
+        return _wander(random)
+    return path
+
+
 def non_digit(mnist_images: np.ndarray, mnist_labels: np.ndarray,
               random: np.random.Generator) -> np.ndarray:
     kind = random.random()
+    if kind < 0.15:
+        # One to four wandering strokes.
+        parts = [_wander(random) for _ in range(int(random.integers(1, 5)))]
+        for part in parts[1:]:
+            part += random.uniform(-20.0, 20.0, 2)
+        return model_input(paint(parts, random, dotted_first=False,
+                                 height=float(random.uniform(50, 240))))
+    kind = (kind - 0.15) / 0.85
     if kind < 0.08:
         # A dash: a bar or flag on its own is no digit (nor is a minus sign).
         angle = np.radians(float(random.uniform(-25.0, 25.0)))
@@ -246,13 +272,13 @@ def non_digit(mnist_images: np.ndarray, mnist_labels: np.ndarray,
         if len(left) < 3 or len(right) < 3:
             return non_digit(mnist_images, mnist_labels, random)
         shift = float(left[:, 0].max()) - float(random.uniform(0.0, 0.25))
-        parts = _warp([np.concatenate([left, right + np.array([shift, 0.0])])], random)
+        parts = warp([np.concatenate([left, right + np.array([shift, 0.0])])], random)
         return model_input(paint(parts, random))
     if kind < 0.85:
         points = _letter_points(NON_DIGIT_LETTERS[int(random.integers(len(NON_DIGIT_LETTERS)))])
         if len(points) < 3:
             return non_digit(mnist_images, mnist_labels, random)
-        return model_input(paint(_warp([points], random), random))
+        return model_input(paint(warp([points], random), random))
     # A digit turned on its side.
     choices = np.flatnonzero(np.isin(mnist_labels, SIDEWAYS_DIGITS))
     image = np.rot90(mnist_images[int(choices[int(random.integers(len(choices)))])],
@@ -260,7 +286,7 @@ def non_digit(mnist_images: np.ndarray, mnist_labels: np.ndarray,
     points = centre_points(image)
     if len(points) < 3:
         return non_digit(mnist_images, mnist_labels, random)
-    return model_input(paint(_warp([points], random), random))
+    return model_input(paint(warp([points], random), random))
 
 
 def _work(task):

@@ -23,7 +23,7 @@ from mnist_core.datasets import MnistSplits, load_mnist
 @dataclasses.dataclass(frozen=True)
 class TrainingOptions:
     architecture: str = "default"
-    epochs: int = 10
+    epochs: int = 9
     seed: int = 2019
     output: Path = Path("models/mnist_cnn.keras")
     data_source: str = "auto"
@@ -39,6 +39,9 @@ class TrainingOptions:
     canvas_passes: int = 2
     mnist_passes: int = 2
     non_digit_share: float = 0.1
+    # Numbers (1 to 5 digits) composed from the training digits, whose segmentation
+    # candidates are added to the training pictures (see train/number_candidates.py).
+    numbers: int = 12_000
 
 
 MOVING_AVERAGE_MINIMUM_STEPS = 2_000
@@ -64,15 +67,18 @@ class PreparedSplit:
 
 
 def prepare_split(images: np.ndarray, labels: np.ndarray, *, canvas_passes: int,
-                  non_digit_share: float, seed: int, mnist_passes: int = 1) -> PreparedSplit:
+                  non_digit_share: float, seed: int, mnist_passes: int = 1,
+                  numbers: int = 0) -> PreparedSplit:
     """What the app's preprocessing makes of these digits, drawn and scanned, plus non-digits.
 
     MNIST images go through the preprocessing as a 28x28 scan would (`mnist_passes` copies,
     which the augmentation then varies); each digit is also redrawn on the canvas
     `canvas_passes` times in varied styles; non-digit drawings are added so they make up
-    `non_digit_share` of the split.
+    `non_digit_share` of the split; and the candidates the segmentation cuts from `numbers`
+    composed numbers, each labelled with its digit or "not a digit".
     """
     from train.canvas_rendering import NOT_A_DIGIT, generate
+    from train.number_candidates import generate_number_candidates
 
     scanned = generate("mnist", len(images), images, labels, seed=seed)
     parts = [scanned] * mnist_passes
@@ -86,6 +92,11 @@ def prepare_split(images: np.ndarray, labels: np.ndarray, *, canvas_passes: int,
     if non_digits:
         parts.append(generate("non_digit", non_digits, images, labels, seed=seed + 2))
         part_labels.append(np.full(non_digits, NOT_A_DIGIT, dtype=labels.dtype))
+    if numbers:
+        candidates, candidate_labels = generate_number_candidates(numbers, images, labels,
+                                                                  seed=seed + 3)
+        parts.append(candidates)
+        part_labels.append(candidate_labels.astype(labels.dtype))
     return PreparedSplit(inputs=np.concatenate(parts), labels=np.concatenate(part_labels))
 
 
@@ -156,10 +167,11 @@ def train(options: TrainingOptions, data: MnistSplits | None = None) -> dict:
     else:
         training = prepare_split(train_images, train_labels, canvas_passes=options.canvas_passes,
                                  mnist_passes=options.mnist_passes,
-                                 non_digit_share=options.non_digit_share, seed=options.seed)
+                                 non_digit_share=options.non_digit_share, seed=options.seed,
+                                 numbers=options.numbers)
         validation = prepare_split(data.validation_images, data.validation_labels,
                                    canvas_passes=1, non_digit_share=options.non_digit_share,
-                                   seed=options.seed + 100)
+                                   seed=options.seed + 100, numbers=options.numbers // 12)
     preparation_seconds = time.perf_counter() - started
     validation_targets = np.eye(classes, dtype=np.float32)[validation.labels]
 
@@ -299,6 +311,7 @@ def build_model_card(network, options: TrainingOptions, data: MnistSplits,
         "learning_rate": options.learning_rate,
         "label_smoothing": options.label_smoothing,
         "augmentation": bool(options.augment and options.architecture != "baseline"),
+        "composed_numbers": options.numbers,
         "training_examples": int(len(data.train_labels) if not options.train_subset
                                  else min(options.train_subset, len(data.train_labels))),
         "validation_examples": int(len(data.validation_labels)),

@@ -238,3 +238,20 @@ def test_phone_width_draw_and_predict(browser, app_server, mnist):
     page.get_by_test_id("stMetric").scroll_into_view_if_needed()
     page.screenshot(path=str(DOCS / "screenshot-draw-phone.png"))
     context.close()
+
+
+def test_digits_drawn_over_each_other_are_read_stroke_by_stroke(browser, app_server):
+    """A 1 drawn through the left side of a 0, with the real canvas: its scene (the strokes, in order)
+    reaches the page, which reads "10"; the same ink as a picture alone is one blob, not a number."""
+    context, page = open_app(browser, app_server, DESKTOP)
+    angles = np.linspace(0, 2 * np.pi, 40)
+    ring = [(120 + 55 * np.cos(angle), 140 + 55 * np.sin(angle)) for angle in angles]
+    stem = [(80.0, 50.0 + step * 12.0) for step in range(16)]
+    draw_strokes(page, canvas_box(page), [stem, ring])
+    time.sleep(HAND_TO_BUTTON_SECONDS)
+    wait_until_idle(page)
+    page.get_by_role("button", name="Predict").click()
+    value = page.get_by_test_id("stMetricValue").first
+    value.wait_for(timeout=PAGE_TIMEOUT_MS)
+    assert value.inner_text().startswith("10 "), value.inner_text()
+    context.close()
