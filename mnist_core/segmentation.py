@@ -61,9 +61,10 @@ WIDE_WIDTH = 1.3
 # unless it is more than this many times as wide as tall (MNIST's widest digits reach 2.0; on
 # 10,000 MNIST training digits read through the product, 1.6 left 39 split in two, 2.0 left 8).
 WHOLE_CANDIDATE_MAX_ASPECT = 2.0
-# Without a model, joining side-by-side pieces into one wide candidate must never pay (each digit
-# saved is worth DIGIT_COST + 1.0, and a candidate holds up to MAX_ATOMS_PER_DIGIT atoms).
-WIDE_PENALTY = 5.0
+# Without a model, a wide candidate costs more than two digits saved (DIGIT_COST + 1.0 each), so
+# three separate pieces side by side stay three digits, but less than one cut (each also pays
+# MODEL_FREE_CUT_PENALTY), so a wide digit cut in two is joined again.
+WIDE_PENALTY = 3.2
 MODEL_FREE_CUT_PENALTY = 2.0
 # Strokes (see _stroke_atoms): ink within this many pixels of a second stroke's path, beyond
 # its distance to the nearest, belongs to both; if more than this share of the ink is far

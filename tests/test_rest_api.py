@@ -43,6 +43,23 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def digit_pngs(recognizer, mnist, count: int, seed: int) -> list[bytes]:
+    """`count` MNIST test digits redrawn filling the canvas, as dark-on-light PNGs, that the model
+    reads as a digit: storage tests need readings to store (a redraw whose skeleton grew spurs may
+    be refused as not a digit, which the model-quality tests count)."""
+    from train.drawings import redraw
+
+    random = np.random.default_rng(seed)
+    bodies = []
+    for image in mnist.test_images:
+        body = png_bytes(255 - redraw(image / 255.0, "fill", random)[..., 3])
+        if recognizer.read(body).has_digits:
+            bodies.append(body)
+        if len(bodies) == count:
+            return bodies
+    raise AssertionError("too few test digits read as digits")
+
+
 @pytest.fixture(scope="module")
 def digit_png(mnist):
     """An MNIST test digit drawn as canvas strokes, saved as a PNG, and its label."""

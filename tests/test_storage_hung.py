@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 from mnist_core import rest_api
 from mnist_core.storage import PredictionStore
 from tests.conftest import plain_cluster
-from tests.test_rest_api import png_bytes
+from tests.test_rest_api import digit_pngs
 from tests.test_storage_kill import daemon_pid
 from train.drawings import redraw
 
@@ -50,9 +50,7 @@ def test_a_hung_node_costs_the_user_nothing_and_loses_nothing(recognizer, settin
     store.connect()
     application = Starlette(routes=rest_api.create_routes(
         get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC"))
-    random = np.random.default_rng(3)
-    bodies = [png_bytes(255 - redraw(mnist.test_images[index] / 255.0, "fill", random)[..., 3])
-              for index in range(PREDICTIONS)]
+    bodies = digit_pngs(recognizer, mnist, PREDICTIONS, seed=3)
     try:
         with TestClient(application) as client:
             assert client.get("/api/health").json()["status"] == "ok"

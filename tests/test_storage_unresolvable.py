@@ -58,19 +58,16 @@ def test_the_store_keeps_predictions_and_status_names_the_host(gone_settings):
 def test_the_api_answers_predictions_at_once_and_reports_the_host(gone_settings, recognizer, mnist):
     import statistics
 
-    import numpy as np
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
     from mnist_core import rest_api
-    from tests.test_rest_api import png_bytes
-    from train.drawings import redraw
+    from tests.test_rest_api import digit_pngs
 
     store = PredictionStore(gone_settings)
     application = Starlette(routes=rest_api.create_routes(
         get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC"))
-    random = np.random.default_rng(5)
-    bodies = [png_bytes(255 - redraw(mnist.test_images[index] / 255.0, "fill", random)[..., 3]) for index in range(30)]
+    bodies = digit_pngs(recognizer, mnist, 30, seed=5)
     try:
         with TestClient(application) as client:
             durations = []
