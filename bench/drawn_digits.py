@@ -62,9 +62,7 @@ def number_figures(recognizer, digits, per_length: int, *, with_strokes: bool = 
     does, with the pen's strokes in drawing order beside the picture (the CLI and the API have
     the picture only)."""
     numbers = numbers_from_writers(digits, NUMBER_LENGTHS, per_length)
-    readings = [recognizer.read(number.picture, strokes=[stroke for strokes in number.digit_strokes
-                                                         for stroke in strokes]
-                                if with_strokes else None)
+    readings = [recognizer.read(number.picture, strokes=number.strokes if with_strokes else None)
                 for number in numbers]
     figures = {}
     for length in NUMBER_LENGTHS:

@@ -54,6 +54,11 @@ class ComposedNumber:
     # Each digit's strokes in canvas pixels, as painted: which ink belongs to which digit.
     digit_strokes: tuple[tuple[np.ndarray, ...], ...] = ()
 
+    @property
+    def strokes(self) -> list[np.ndarray]:
+        """Every stroke in drawing order (digit by digit), as the Draw page's canvas reports them."""
+        return [stroke for digit in self.digit_strokes for stroke in digit]
+
 
 def compose_number(digits: Sequence[PenDigit], random: np.random.Generator) -> ComposedNumber:
     """One writer's digits written side by side on the canvas as a person writes a number.

@@ -17,7 +17,7 @@ import numpy as np
 import threadpoolctl
 
 from mnist_core.preprocess import DigitBox
-from mnist_core.segmentation import Segmentation, segment
+from mnist_core.segmentation import Segmentation, segmentations
 
 # Up to this many images at once the NumPy path wins; above it TensorFlow's batching does.
 # A drawn number has a few dozen candidate digits (see segmentation).
@@ -276,12 +276,7 @@ class Recognizer:
         the reading is whichever of the two groupings the model scores higher.
         """
         started = time.perf_counter()
-        segmentations = [segment(image)]
-        if strokes:
-            by_strokes = segment(image, strokes)
-            if by_strokes.by_strokes:
-                segmentations.append(by_strokes)
-        readings = self.read_segmented(segmentations)
+        readings = self.read_segmented(segmentations(image, strokes))
         reading = max(readings, key=lambda item: item.grouping_score)
         return dataclasses.replace(reading, latency_ms=(time.perf_counter() - started) * 1000)
 

@@ -39,8 +39,10 @@ SPECK_SHARE = 0.04
 # a 9), so even a piece that looks like one digit is cut; the whole piece stays a candidate,
 # and the model, trained on such cuts (train/number_candidates.py), says which it is.
 CUTTABLE_WIDTH = 0.45
+# A cut at an outline dip needs the dip and rise to reach this many line heights; a piece
+# narrower than NARROW_PIECE_WIDTH line heights is cut at such dips only, NARROW_PIECE_CUTS at most.
+CUT_DEPTH = 0.1
 NARROW_PIECE_WIDTH = 1.0
-NARROW_CUT_DEPTH = 0.1
 NARROW_PIECE_CUTS = 2
 # The width of a typical digit, in line heights, for even divisions of a wide piece.
 TYPICAL_DIGIT_WIDTH = 0.62
@@ -109,11 +111,10 @@ class Segmentation:
     dots: tuple[bool, ...]
     # Candidates wider than a digit could be: what a caller without a model avoids.
     wide: tuple[bool, ...]
-    # Row extents (top, bottom) of each candidate, and for each atom the piece it was cut from.
+    # Row extents (top, bottom) of each candidate.
     heights: tuple[tuple[int, int], ...]
-    atom_pieces: tuple[int, ...]
-    # The atoms themselves (masks in the working picture, the ink map's pixels), left to right:
-    # training labels each candidate by whose ink it holds (train/number_candidates.py).
+    # The atoms themselves (masks in the working picture, the ink map's pixels), left to right
+    # (or in drawing order, see by_strokes).
     atoms: tuple[Atom, ...] = ()
     # Atoms are the person's strokes in the order drawn (see segment), not pieces left to right.
     by_strokes: bool = False
@@ -121,6 +122,11 @@ class Segmentation:
     @property
     def is_blank(self) -> bool:
         return self.atom_count == 0
+
+    def group(self, index: int) -> Atom:
+        """The ink of candidate `index`: its atoms joined (training labels it by whose ink it is)."""
+        start, stop = self.spans[index]
+        return _union(list(self.atoms[start:stop]))
 
     def choose(self, digit_log_probabilities: np.ndarray | None = None) -> list[int]:
         """The candidates (left to right) of the best grouping of all atoms into digits.
@@ -196,7 +202,7 @@ class Segmentation:
             if shared_rows <= 0.5 * min(bottom_a - top_a, bottom_b - top_b):
                 penalty += STACKED_PENALTY
         start = self.spans[second][0]
-        if self.atom_pieces[start - 1] == self.atom_pieces[start]:
+        if self.atoms[start - 1].piece == self.atoms[start].piece:
             # Without a model to say both halves are digits, a cut is taken only for very wide ink.
             penalty += CUT_PENALTY if with_model else MODEL_FREE_CUT_PENALTY
         return penalty
@@ -220,7 +226,7 @@ def _pieces(mask: np.ndarray) -> list[Atom]:
 
 
 def _cut_columns(piece: Atom, line_height: int, pen_width: float) -> list[int]:
-    """Candidate cut columns (relative to the piece) for a piece wider than a digit.
+    """Candidate cut columns (relative to the piece) for a piece that may hold two digits.
 
     Where two digits touch, the ink's upper outline dips and its lower outline rises
     between them (two 0s touching look like a figure of eight lying down), so the best
@@ -258,7 +264,7 @@ def _cut_columns(piece: Atom, line_height: int, pen_width: float) -> list[int]:
             continue
         peaks = np.flatnonzero((inner[1:-1] >= inner[:-2]) & (inner[1:-1] >= inner[2:])) + 1
         if wanted > 0:
-            peaks = peaks[inner[peaks] >= (NARROW_CUT_DEPTH if narrow else 0.1) * line_height]
+            peaks = peaks[inner[peaks] >= CUT_DEPTH * line_height]
         cuts.extend(int(position + margin) for position in peaks[np.argsort(-inner[peaks],
                                                                               kind="stable")])
     if not narrow:
@@ -362,10 +368,11 @@ def _stroke_atoms(mask: np.ndarray, strokes: Sequence[np.ndarray],
 
     Every ink pixel goes to the stroke whose path passes nearest, and to any other passing
     within STROKE_SHARED_DISTANCE of that, so where two strokes cross both keep the crossing.
-    None when the strokes leave ink unexplained (they are not this picture's).
+    None when there is no ink, or the strokes leave ink unexplained (they are not this
+    picture's).
     """
     if not mask.any():
-        return []
+        return None
     paths = [np.asarray(stroke, dtype=np.float64).reshape(-1, 2) / max(scale, 1e-9)
              for stroke in strokes]
     paths = [path for path in paths if len(path) and np.all(np.isfinite(path))]
@@ -412,10 +419,19 @@ def _densified(points: np.ndarray, spacing: float = 0.5) -> np.ndarray:
 def segment(image, strokes: Sequence[np.ndarray] | None = None) -> Segmentation:
     """All candidate digits of a picture (array, PIL image, bytes or path).
 
-    With `strokes` (the pen's paths in the order drawn, in the picture's pixels, as the Draw
-    page's canvas reports them) the atoms are the strokes themselves, so digits whose ink
-    overlaps are still told apart: each digit is a run of consecutive strokes. Strokes that
-    do not account for the picture's ink are ignored.
+    With `strokes` that account for the picture's ink, the segmentation stroke by stroke
+    (see `segmentations`); otherwise the one from the ink's pieces.
+    """
+    return segmentations(image, strokes)[-1]
+
+
+def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Segmentation]:
+    """The picture's segmentation from its ink's pieces, and from its strokes when given.
+
+    `strokes` are the pen's paths in the order drawn, in the picture's pixels, as the Draw
+    page's canvas reports them: then the atoms are the strokes themselves, so digits whose ink
+    overlaps are still told apart (each digit is a run of consecutive strokes). Strokes that
+    do not account for the picture's ink are ignored. The ink is found once for both.
     """
     from PIL import Image
 
@@ -429,13 +445,20 @@ def segment(image, strokes: Sequence[np.ndarray] | None = None) -> Segmentation:
     ink = ink_map(image)
     scale_back = original_height / ink.shape[0] if ink.shape[0] else 1.0
     mask = ink >= INK_MASK_LEVEL
-    atoms = _stroke_atoms(mask, strokes, scale_back) if strokes else None
-    by_strokes = atoms is not None
-    atoms = atoms if by_strokes else _atoms(mask)
+    found = [_segmentation(ink, mask, _atoms(mask), scale_back)]
+    stroke_atoms = _stroke_atoms(mask, strokes, scale_back) if strokes else None
+    if stroke_atoms is not None:
+        found.append(_segmentation(ink, mask, stroke_atoms, scale_back, by_strokes=True))
+    return found
+
+
+def _segmentation(ink: np.ndarray, mask: np.ndarray, atoms: list[Atom], scale_back: float,
+                  by_strokes: bool = False) -> Segmentation:
+    """Every candidate of these atoms, as model inputs, with what the grouping needs."""
     if not atoms:
         return Segmentation(candidates=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
                             spans=(), boxes=(), priors=np.zeros(0), atom_count=0, extents=(),
-                            dots=(), wide=(), heights=(), atom_pieces=())
+                            dots=(), wide=(), heights=())
     rows = np.flatnonzero(mask.any(axis=1))
     line_height = float(rows[-1] - rows[0] + 1)
     runs = [(start, stop) for start in range(len(atoms))
@@ -464,8 +487,7 @@ def segment(image, strokes: Sequence[np.ndarray] | None = None) -> Segmentation:
     return Segmentation(candidates=np.stack(candidates).astype(np.float32), spans=tuple(spans),
                         boxes=tuple(boxes), priors=np.asarray(priors), atom_count=len(atoms),
                         extents=tuple(extents), dots=tuple(dots), wide=tuple(wide),
-                        heights=tuple(heights), atom_pieces=tuple(atom.piece for atom in atoms),
-                        atoms=tuple(atoms), by_strokes=by_strokes)
+                        heights=tuple(heights), atoms=tuple(atoms), by_strokes=by_strokes)
 
 
 def _model_input(ink: np.ndarray, mask: np.ndarray, group: Atom) -> np.ndarray:

@@ -69,8 +69,7 @@ def test_a_composed_number_keeps_each_digits_strokes_in_drawing_order():
     assert number.text == "717"
     assert [len(strokes) for strokes in number.digit_strokes] == [2, 1, 2]
     # Painting every digit's strokes, in order, makes exactly the number's picture.
-    strokes = [stroke for digit in number.digit_strokes for stroke in digit]
-    np.testing.assert_array_equal(canvas_picture(strokes, pen_width=number.pen_width), number.picture)
+    np.testing.assert_array_equal(canvas_picture(number.strokes, pen_width=number.pen_width), number.picture)
     # Left to right: each digit's middle lies right of the one before it.
     middles = [np.mean([(stroke[:, 0].min() + stroke[:, 0].max()) / 2 for stroke in digit])
                for digit in number.digit_strokes]

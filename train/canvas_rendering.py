@@ -311,11 +311,17 @@ def generate(kind: str, count: int, images: np.ndarray, labels: np.ndarray, *, s
     For *redrawn*, example i redraws image i modulo the number of images, so several passes
     over MNIST give each digit several drawings.
     """
-    processes = processes or os.cpu_count() or 1
     chunk = 2_000
     tasks = [(kind, start, min(start + chunk, count), seed, images, labels)
              for start in range(0, count, chunk)]
-    context = multiprocessing.get_context("fork")
-    with context.Pool(processes) as pool:
-        parts = pool.map(_work, tasks)
+    parts = map_in_processes(_work, tasks, processes)
     return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.float32)
+
+
+def map_in_processes(work, tasks: list, processes: int | None = None) -> list:
+    """`work` over `tasks` in forked worker processes (all cores by default), results in order.
+
+    Forked, so the workers share the parent's MNIST arrays instead of receiving copies.
+    """
+    with multiprocessing.get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
+        return pool.map(work, tasks)

@@ -16,15 +16,13 @@ code, and each candidate is labelled by the ink it holds:
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import os
 
 import numpy as np
 
 from mnist_core.preprocess import INK_MASK_LEVEL, ink_map
-from mnist_core.segmentation import _union, segment
+from mnist_core.segmentation import segment
 from mnist_core.strokes import CANVAS_SIDE, canvas_picture
-from train.canvas_rendering import NOT_A_DIGIT, centre_points, warp, with_style
+from train.canvas_rendering import NOT_A_DIGIT, centre_points, map_in_processes, warp, with_style
 
 # Working at half the canvas's resolution, as canvas_rendering.paint does (the preprocessing
 # halves a 280 px canvas before it looks at the ink).
@@ -152,23 +150,22 @@ def labelled_candidates(pictures: list[np.ndarray], digit_labels: np.ndarray,
     owners = np.stack([ink_map(own) >= INK_MASK_LEVEL for own in pictures])
     owner_sizes = np.maximum(owners.reshape(len(owners), -1).sum(axis=1), 1)
     positives, negatives = [], []
-    for index, (start, stop) in enumerate(segmentation.spans):
+    for index in range(len(segmentation.spans)):
         if segmentation.dots[index]:
             continue
-        group = _union(list(segmentation.atoms[start:stop]))
+        group = segmentation.group(index)
         held = owners[:, group.top:group.bottom, group.left:group.right] & group.mask
         counts = held.reshape(len(owners), -1).sum(axis=1).astype(np.float64)
         share = counts / max(float(group.mask.sum()), 1.0)
         coverage = counts / owner_sizes
-        order = np.argsort(-coverage)
+        second_coverage = np.sort(coverage)[-2] if len(coverage) > 1 else 0.0
         top = int(np.argmax(share))
         foreign = np.delete(coverage, top)
         if (share[top] >= settings.digit_share and coverage[top] >= settings.digit_coverage
                 and (foreign.size == 0 or foreign.max() <= settings.foreign_coverage)):
             positives.append((index, int(digit_labels[top])))
-        elif (len(order) > 1 and coverage[order[1]] >= settings.merged_coverage
-              and coverage[order[0]] >= settings.merged_coverage) or (
-                coverage[order[0]] < settings.fragment_coverage):
+        elif (second_coverage >= settings.merged_coverage
+              or coverage.max() < settings.fragment_coverage):
             negatives.append(index)
     keep = int(round(settings.negatives_per_digit * len(pictures)))
     if len(negatives) > keep:
@@ -196,13 +193,11 @@ def _work(task):
 def generate_number_candidates(count: int, images: np.ndarray, labels: np.ndarray, *, seed: int,
                                processes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Candidates cut from `count` composed numbers, seeded per number: (inputs, labels)."""
-    processes = processes or os.cpu_count() or 1
     chunk = 500
     tasks = [(start, min(start + chunk, count), seed, images, labels)
              for start in range(0, count, chunk)]
     if not tasks:
         return np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64)
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        parts = pool.map(_work, tasks)
+    parts = map_in_processes(_work, tasks, processes)
     return np.concatenate([inputs for inputs, _ in parts]), np.concatenate(
         [outputs for _, outputs in parts])
