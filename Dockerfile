@@ -9,13 +9,13 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TF_CPP_MIN_LOG_LEVEL=2 \
     MNIST_DATA_DIR=/data
 
 WORKDIR /app
 
 # Dependencies first, from the pinned list alone, so this layer is rebuilt only when
 # requirements.txt changes. Every pinned package ships a manylinux wheel: no compiler needed.
+# No TensorFlow: the app reads the model's LiteRT export (requirements-train.txt is for training).
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
@@ -29,7 +29,7 @@ VOLUME ["/data"]
 
 # Only what the app reads at run time; .dockerignore keeps everything else out of the context.
 COPY .streamlit/config.toml .streamlit/config.toml
-COPY models/ models/
+COPY models/mnist_cnn.tflite models/mnist_cnn.card.json models/
 COPY mnist_core/ mnist_core/
 COPY dashboard/ dashboard/
 COPY app_pages/ app_pages/

@@ -2,8 +2,8 @@
 
 Streamlit finds the ``st.App`` below (``app``) and serves it with uvicorn: the same server
 then answers ``/api/predict``, ``/api/health`` and ``/api/stats`` next to the pages. Its
-lifespan builds the store and loads the model at start (so an outbox left by the previous
-process drains without waiting for a visitor) and closes the store at shutdown. When
+lifespan builds the store and loads the model before the first request (so an outbox left by
+the previous process drains without waiting for a visitor) and closes the store at shutdown. When
 Streamlit runs this file as the page script (``__name__ == "__main__"``) it only declares the
 navigation and the sidebar. The pages live in ``app_pages/``, not ``pages/``: Streamlit
 treats a ``pages/`` folder as the old multipage layout, and a session that starts on a
@@ -36,8 +36,9 @@ else:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        # In a thread: the server answers at once (pages wait on the cached model if they need it first).
-        threading.Thread(target=resources.warm_up, name="mnist-warm-up", daemon=True).start()
+        # The model and store first (milliseconds); the pages' charts warm up in a thread meanwhile.
+        resources.load_at_start()
+        threading.Thread(target=resources.freeze_after_warm_up, name="mnist-warm-up", daemon=True).start()
         yield
         resources.shut_down()
 

@@ -1,10 +1,16 @@
 """Draw page: draw (or upload) a digit, read it, store it, and tell us whether it was right.
 
-The canvas sends its picture 200 ms after mouse-up; a Predict click can reach the server
-first, with the picture from before the last stroke. So a click marks a prediction as
-pending and the page gives the last stroke ``CLICK_GRACE_SECONDS`` to arrive (a picture
-arriving meanwhile restarts the run with it), then reads the newest picture; with nothing
-drawn yet it waits up to ``STROKE_WAIT_SECONDS``. Everything else is ``mnist_core.readings``.
+The canvas, its buttons and the answer are one ``st.fragment``: a stroke or a click reruns
+only that part of the page. A Predict click reads the newest picture at once and shows the
+answer; the row is stored ``CLICK_GRACE_SECONDS`` after the click, in a rerun that comes with
+the newest picture: the canvas sends its picture 200 ms after mouse-up, so a quick click can
+come before the last stroke's picture, and that picture is then read and stored instead. The
+wait delays the "Saved" toast, never the answer. With nothing drawn yet the click looks for a
+first stroke for up to ``STROKE_WAIT_SECONDS``.
+
+"Predict as I draw" reads each new picture as it arrives and stores nothing: the drawing's
+reading is stored once, when the person presses Predict or moves on with Clear.
+Everything else is ``mnist_core.readings``.
 """
 
 import hashlib
@@ -13,6 +19,7 @@ import time
 import numpy as np
 import streamlit as st
 import streamlit_drawable_canvas
+from streamlit.errors import StreamlitAPIException
 
 from dashboard import charts, resources
 from mnist_core import readings, settings, storage
@@ -21,9 +28,11 @@ from mnist_core.strokes import strokes_from_canvas_json
 
 CANVAS_SIDE = 280
 DEFAULT_STROKE_WIDTH = 18
-# The canvas sends its picture 200 ms after mouse-up (debounced), so a Predict click waits this
-# long for a newer picture; with nothing drawn yet it waits up to STROKE_WAIT_SECONDS.
-CLICK_GRACE_SECONDS = 0.2
+# The canvas sends its picture 200 ms after mouse-up (debounced; encoding and sending it add tens
+# of ms), so a Predict click stores the reading of the picture it has this long after the click.
+# The answer is on screen before: the wait only delays the toast. With nothing drawn yet a
+# click looks for a first stroke every STROKE_POLL_SECONDS for up to STROKE_WAIT_SECONDS.
+CLICK_GRACE_SECONDS = 0.4
 STROKE_WAIT_SECONDS = 1.5
 STROKE_POLL_SECONDS = 0.1
 DIGIT_CHOICES = list(range(10))
@@ -33,10 +42,10 @@ def init_state() -> None:
     """Session keys of this page, set once per session."""
     defaults = {
         "draw_canvas_generation": 0,  # bumped by Clear: a new canvas key empties the canvas
-        "draw_result": None,  # the last StoredReading shown
+        "draw_result": None,  # the StoredReading shown; its record is None until it is stored
         "draw_message": None,  # "blank" (nothing drawn) or "not_a_digit" for the last Predict
-        "draw_predicted_signature": None,  # hash of the canvas picture last read
-        "draw_pending_since": None,  # monotonic time of a Predict click still waiting for a picture
+        "draw_predicted_signature": None,  # hash of the canvas picture the shown answer read
+        "draw_pending_since": None,  # monotonic time of a Predict click not yet stored
         "draw_upload_handled": None,  # file id of the last upload read
         "draw_feedback_saved": {},  # prediction id -> (true label, StoreOutcome)
     }
@@ -45,6 +54,9 @@ def init_state() -> None:
 
 
 def clear_canvas() -> None:
+    """Clear: a reading shown live and not stored yet is stored first (the person moves on)."""
+    if is_unstored(st.session_state.draw_result):
+        store_shown_reading()
     st.session_state.draw_canvas_generation += 1
     st.session_state.draw_result = None
     st.session_state.draw_message = None
@@ -98,10 +110,37 @@ def show_toast(outcome: storage.StoreOutcome) -> None:
         st.toast("Cassandra is unreachable: kept offline, it will be sent later.", icon=":material/cloud_off:")
 
 
-def read_and_store(image, *, source: str, strokes=None) -> None:
-    """Read one picture through mnist_core and keep the result for rendering."""
+def is_unstored(result: readings.StoredReading | None) -> bool:
+    return result is not None and result.record is None
+
+
+def show_reading(image, *, strokes=None) -> None:
+    """Read the canvas picture and put its answer on the page, storing nothing yet."""
+    reading = resources.recognizer_resource().read(image, strokes=strokes)
+    if not reading.has_digits:
+        st.session_state.draw_result = None
+        st.session_state.draw_message = "not_a_digit" if reading.is_not_a_digit else "blank"
+        return
+    st.session_state.draw_result = readings.StoredReading(reading=reading, record=None, outcome=None)
+    st.session_state.draw_message = None
+
+
+def store_shown_reading() -> None:
+    """Store the reading on screen (once) and say where it went."""
+    result = readings.store_reading(
+        st.session_state.draw_result.reading,
+        source="canvas",
+        model_version=resources.recognizer_resource().model_version,
+        store=resources.store_resource(),
+    )
+    st.session_state.draw_result = result
+    show_toast(result.outcome)
+
+
+def read_and_store(image, *, source: str) -> None:
+    """Read one picture (an upload) through mnist_core, store it, and keep the result for rendering."""
     result = readings.predict_and_store(
-        image, source=source, recognizer=resources.recognizer_resource(), store=resources.store_resource(), strokes=strokes
+        image, source=source, recognizer=resources.recognizer_resource(), store=resources.store_resource()
     )
     if not result.reading.has_digits:
         st.session_state.draw_result = None
@@ -112,42 +151,59 @@ def read_and_store(image, *, source: str, strokes=None) -> None:
     show_toast(result.outcome)
 
 
-def wait_for_stroke(seconds: float) -> None:
-    """Pause this run briefly; a canvas picture arriving meanwhile stops it and starts a run with that picture.
+def rerun_drawing_after(seconds: float) -> None:
+    """Let the canvas deliver what it is still sending, then run the drawing part again.
 
-    Streamlit stops a run for a newer rerun request at its next element call, so the loop
-    touches a placeholder after each short sleep (cheaper and faster than st.rerun()).
+    A canvas picture sent while this part runs does not stop the run (Streamlit queues a
+    fragment's own reruns), so the page cannot wait for it inside a run: it sleeps briefly
+    and asks for a rerun, which comes with the newest picture.
     """
-    deadline = time.monotonic() + seconds
-    checkpoint = st.empty()
-    while time.monotonic() < deadline:
-        time.sleep(STROKE_POLL_SECONDS)
-        checkpoint.empty()
+    time.sleep(max(seconds, 0.0))
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:
+        # This run is the whole page's (the first one, or a test's): rerun all of it.
+        st.rerun()
 
 
 def handle_canvas(image: np.ndarray | None, *, live: bool, strokes=None) -> None:
-    """Predict the canvas picture when asked (or live), after giving a stroke still in flight time to arrive."""
+    """Read the canvas picture when asked (or live, as it changes); storing comes after the answer (finish_prediction)."""
     signature = picture_signature(image)
     pending_since = st.session_state.draw_pending_since
     if pending_since is None:
         if live and has_ink(image) and signature != st.session_state.draw_predicted_signature:
             st.session_state.draw_predicted_signature = signature
-            read_and_store(image, source="canvas", strokes=strokes)
+            show_reading(image, strokes=strokes)
         return
-    waited = time.monotonic() - pending_since
-    if waited < CLICK_GRACE_SECONDS:
-        wait_for_stroke(CLICK_GRACE_SECONDS - waited)
-    if not has_ink(image):
-        # Nothing has arrived yet: the first stroke may still be on its way.
-        wait_for_stroke(STROKE_WAIT_SECONDS - (time.monotonic() - pending_since))
-    st.session_state.draw_pending_since = None
     if not has_ink(image):
         st.session_state.draw_result = None
-        st.session_state.draw_message = "blank"
+        if time.monotonic() - pending_since >= STROKE_WAIT_SECONDS:
+            # No stroke came: the canvas is blank.
+            st.session_state.draw_pending_since = None
+            st.session_state.draw_message = "blank"
     elif signature != st.session_state.draw_predicted_signature or st.session_state.draw_result is None:
         st.session_state.draw_predicted_signature = signature
-        read_and_store(image, source="canvas", strokes=strokes)
-    # Otherwise the answer on screen is already this picture's: no second row for it.
+        show_reading(image, strokes=strokes)
+
+
+def finish_prediction(image: np.ndarray | None) -> None:
+    """After the answer is on screen: store a clicked prediction once no newer picture can come.
+
+    Until CLICK_GRACE_SECONDS after the click (STROKE_WAIT_SECONDS while nothing is drawn), the
+    page looks again for a newer picture; the reading stored is the newest picture's. A click
+    on a picture whose reading is stored already stores nothing again.
+    """
+    pending_since = st.session_state.draw_pending_since
+    if pending_since is None:
+        return
+    waited = time.monotonic() - pending_since
+    if not has_ink(image):
+        rerun_drawing_after(min(STROKE_POLL_SECONDS, STROKE_WAIT_SECONDS - waited))
+    if waited < CLICK_GRACE_SECONDS:
+        rerun_drawing_after(CLICK_GRACE_SECONDS - waited)
+    st.session_state.draw_pending_since = None
+    if is_unstored(st.session_state.draw_result):
+        store_shown_reading()
 
 
 def upload_ui() -> None:
@@ -198,7 +254,7 @@ def feedback_ui(result: readings.StoredReading) -> None:
 
 
 def result_ui(result: readings.StoredReading, *, threshold: float) -> None:
-    """The answer: metric, not-sure state, probabilities, the 28x28 input(s) and feedback."""
+    """The answer: metric, not-sure state, probabilities and the 28x28 input(s)."""
     reading = result.reading
     st.metric("Prediction", readings.answer_text(reading), border=True)
     if readings.is_unsure(reading, threshold):
@@ -218,8 +274,55 @@ def result_ui(result: readings.StoredReading, *, threshold: float) -> None:
                 charts.model_input_image(reading.model_inputs[index]),
                 caption=f"Model input {index + 1}: {reading.digits[index].digit}" if reading.number else "What the model saw (28×28)",
             )
+
+
+def stored_result_ui(result: readings.StoredReading) -> None:
+    """Below the answer: where it was stored and "Was this right?", or that it is not stored yet."""
+    reading = result.reading
+    if result.record is None:
+        if st.session_state.draw_pending_since is None:
+            st.caption(f"Read in {reading.latency_ms:.0f} ms · not saved yet: press **Predict** to save this reading.")
+        return
     st.caption(f"Read in {reading.latency_ms:.0f} ms from {result.record.source} · model {result.record.model_version}")
     feedback_ui(result)
+
+
+def answer_ui(*, threshold: float) -> None:
+    if st.session_state.draw_message == "blank":
+        st.info("Draw a digit first.", icon=":material/draw:")
+    elif st.session_state.draw_message == "not_a_digit":
+        st.metric("Prediction", "Not a digit", border=True)
+        st.warning("That does not look like a digit, so nothing was saved. Clear the canvas and draw "
+                   "one digit (0-9) or a number.", icon=":material/block:")
+    elif st.session_state.draw_result is not None:
+        result_ui(st.session_state.draw_result, threshold=threshold)
+    else:
+        st.caption("Draw a digit (or a number) on the canvas and press **Predict**.")
+
+
+@st.fragment
+def drawing_ui(*, threshold: float) -> None:
+    """Canvas, buttons, upload and answer: the part of the page a stroke or a click reruns."""
+    drawing_column, answer_column = st.columns([1, 1], gap="large")
+    with drawing_column:
+        stroke_width, live = controls_ui()
+        canvas_image, canvas_strokes = canvas_ui(stroke_width)
+        predict_column, clear_column = st.columns(2)
+        # Read the click inline, not in on_click: a click whose run is cut short by the canvas's own
+        # rerun is replayed to the next run, while a callback's session-state write can be lost.
+        if predict_column.button("Predict", type="primary", key="draw_predict", width="stretch"):
+            request_prediction()
+        clear_column.button("Clear", key="draw_clear", on_click=clear_canvas, width="stretch")
+        handle_canvas(canvas_image, live=live, strokes=canvas_strokes)
+        upload_ui()
+    with answer_column:
+        answer_ui(threshold=threshold)
+        below_answer = st.container()
+    # The answer is on screen before this: storing waits for a picture that may still come.
+    finish_prediction(canvas_image)
+    if st.session_state.draw_result is not None and st.session_state.draw_message is None:
+        with below_answer:
+            stored_result_ui(st.session_state.draw_result)
 
 
 # Page ---------------------------------------------------------------------------------
@@ -233,27 +336,4 @@ except (OSError, ValueError) as error:
     st.stop()
 
 st.title("Draw a digit")
-drawing_column, answer_column = st.columns([1, 1], gap="large")
-with drawing_column:
-    stroke_width, live = controls_ui()
-    canvas_image, canvas_strokes = canvas_ui(stroke_width)
-    predict_column, clear_column = st.columns(2)
-    # Read the click inline, not in on_click: a click whose run is cut short by the canvas's own
-    # rerun is replayed to the next run, while a callback's session-state write can be lost.
-    if predict_column.button("Predict", type="primary", key="draw_predict", width="stretch"):
-        request_prediction()
-    clear_column.button("Clear", key="draw_clear", on_click=clear_canvas, width="stretch")
-    handle_canvas(canvas_image, live=live, strokes=canvas_strokes)
-    upload_ui()
-
-with answer_column:
-    if st.session_state.draw_message == "blank":
-        st.info("Draw a digit first.", icon=":material/draw:")
-    elif st.session_state.draw_message == "not_a_digit":
-        st.metric("Prediction", "Not a digit", border=True)
-        st.warning("That does not look like a digit, so nothing was saved. Clear the canvas and draw "
-                   "one digit (0-9) or a number.", icon=":material/block:")
-    elif st.session_state.draw_result is not None:
-        result_ui(st.session_state.draw_result, threshold=app_settings.confidence_threshold)
-    else:
-        st.caption("Draw a digit (or a number) on the canvas and press **Predict**.")
+drawing_ui(threshold=app_settings.confidence_threshold)

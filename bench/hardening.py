@@ -248,7 +248,6 @@ class AppServer:
             "MNIST_CASSANDRA_KEYSPACE": keyspace,
             "MNIST_DATA_DIR": str(data_directory),
             "MNIST_DISPLAY_TIMEZONE": "UTC",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
         }
         self.log_path = log_path
         self.streamlit_options = list(streamlit_options)

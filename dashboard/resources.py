@@ -16,33 +16,10 @@ import streamlit as st
 from mnist_core import inference, settings, storage
 
 
-@st.cache_resource(show_spinner="Loading the model...")
+@st.cache_resource(show_spinner=False)
 def recognizer_resource() -> inference.Recognizer:
     """The recognizer from settings.model_path (raises FileNotFoundError/ValueError if it cannot be loaded)."""
-    recognizer = inference.load_recognizer(settings.get_settings().model_path)
-    skip_collection_in_keras_clear_session()
-    return recognizer
-
-
-def skip_collection_in_keras_clear_session() -> None:
-    """Keep Streamlit's Keras reset after every rerun, without the full garbage collection it brings.
-
-    Streamlit calls ``keras.backend.clear_session()`` after each script run, for apps that
-    build models in the script; ours builds none. By default that call also runs
-    ``gc.collect()``, which under load held the GIL for 250 ms and more per rerun, a third of
-    the server's time with 20 sessions drawing. The reset itself stays.
-    """
-    import keras
-
-    original = keras.backend.clear_session
-    if getattr(original, "without_collection", False):
-        return
-
-    def clear_session(free_memory: bool = False) -> None:
-        original(free_memory=False)
-
-    clear_session.without_collection = True
-    keras.backend.clear_session = clear_session
+    return inference.load_recognizer(settings.get_settings().model_path)
 
 
 @st.cache_resource(show_spinner=False)
@@ -75,15 +52,12 @@ def _refreeze_heap_forever() -> None:
         time.sleep(REFREEZE_INTERVAL_SECONDS)
 
 
-def warm_up() -> None:
-    """Build the store and load the model when the server starts, then take them out of the collector's sight.
+def load_at_start() -> None:
+    """Build the store and load the model before the server takes its first request.
 
-    Building the store at start lets its writer send an outbox left by the previous process
-    without waiting for a first visitor. The freeze is for speed: a full collection (Python's
-    own, or one a library asks for) walks every tracked object, with TensorFlow, pandas and
-    Altair loaded some 400,000 long-lived ones, and holds the GIL for a quarter of a second,
-    stalling every session and the API. Frozen objects are never walked, so collections only
-    see what is new; a thread freezes again now and then.
+    Loading the LiteRT model takes milliseconds, so the first visitor and the first API call
+    find it ready; building the store at start lets its writer send an outbox left by the
+    previous process without waiting for a visitor (it connects in the background).
     """
     store_resource()
     try:
@@ -91,8 +65,17 @@ def warm_up() -> None:
     except (OSError, ValueError) as error:
         # The pages and /api/health say what is wrong; the store keeps working without a model.
         logging.getLogger(__name__).error("The model could not be loaded at start: %s", error)
-    # What the pages load on first use must be frozen too: Altair's classes and, once a chart
-    # is validated, its Vega-Lite schema are well over 100,000 objects.
+
+
+def freeze_after_warm_up() -> None:
+    """Load what the pages use on first view, then take it all out of the collector's sight.
+
+    A full collection (Python's own, or one a library asks for) walks every tracked object:
+    with pandas and Altair loaded, well over 100,000 long-lived ones, holding the GIL long
+    enough to stall every session and the API. Frozen objects are never walked, so
+    collections only see what is new; a thread freezes again now and then.
+    """
+    # Altair's classes and, once a chart is validated, its Vega-Lite schema.
     from dashboard import charts
 
     charts.probabilities_chart([0.1] * 10, predicted=0).to_dict()

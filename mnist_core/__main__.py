@@ -69,13 +69,20 @@ def main(arguments: list[str] | None = None) -> int:
     predict = commands.add_parser("predict", help="print one JSON line per image file")
     predict.add_argument("files", nargs="+", metavar="FILE")
     predict.add_argument("--model", type=Path, default=None,
-                         help="a .keras model (default: the shipped one)")
+                         help="a .tflite (LiteRT) or .keras model (default: the shipped one)")
+    predict.add_argument("--keras", action="store_true",
+                         help="read with the .keras file beside the model instead, on TensorFlow "
+                              "(slow to start; a check that the two runtimes agree)")
     parsed = parser.parse_args(sys.argv[1:] if arguments is None else arguments)
 
     from mnist_core.inference import load_recognizer
+    from mnist_core.settings import get_settings
 
+    model_path = parsed.model or get_settings().model_path
+    if parsed.keras:
+        model_path = model_path.with_suffix(".keras")
     try:
-        recognizer = load_recognizer(parsed.model)
+        recognizer = load_recognizer(model_path)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,8 @@
-"""Reading digits with the trained model: one image fast, many images in batches.
+"""Reading digits with the trained model: a picture in, the digits (or "not a digit") out.
 
-`model.predict` costs tens of milliseconds per call, mostly framework overhead, while the
-network itself is a few million multiply-adds. So a single drawing runs through a NumPy
-copy of the network (batch normalisation folded into the weights), checked against Keras
-when the model is loaded; batches go through a traced TensorFlow function.
+The network itself is `mnist_core.networks` (LiteRT for serving); this module turns a
+segmented picture into a reading: the model scores every candidate digit, the likeliest
+grouping wins, and a drawing whose digits are mostly "not a digit" is refused.
 """
 
 from __future__ import annotations
@@ -14,14 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import threadpoolctl
 
+from mnist_core.networks import load_network
 from mnist_core.preprocess import DigitBox
 from mnist_core.segmentation import Segmentation, segmentations
 
-# Up to this many images at once the NumPy path wins; above it TensorFlow's batching does.
-# A drawn number has a few dozen candidate digits (see segmentation).
-NUMPY_BATCH_LIMIT = 48
 # The shipped model's eleventh output; a ten-output model (the baseline) never refuses.
 NOT_A_DIGIT = 10
 # A candidate is refused as "not a digit" when that output is this many times its likeliest
@@ -31,7 +27,6 @@ NOT_A_DIGIT = 10
 REFUSAL_RATIO = 1.5
 # Probabilities are never exactly 0 in the log.
 LOG_FLOOR = 1e-9
-TENSORFLOW_BATCH_SIZE = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,165 +96,28 @@ class Reading:
         return np.rint(self.model_inputs[index] * 255).astype(np.uint8).tobytes()
 
 
-class _NumpyNetwork:
-    """The Keras network's layers replayed with NumPy, for one image at a time."""
-
-    def __init__(self, network):
-        self.steps: list[tuple] = []
-        for layer in network.layers:
-            kind = layer.__class__.__name__
-            if kind in ("InputLayer", "Dropout"):
-                continue
-            if kind == "Conv2D":
-                if tuple(layer.strides) != (1, 1) or tuple(layer.dilation_rate) != (1, 1):
-                    raise ValueError(f"{layer.name}: only unit strides are supported.")
-                kernel, *rest = [np.asarray(weight) for weight in layer.get_weights()]
-                bias = rest[0] if rest else np.zeros(kernel.shape[-1], np.float32)
-                self.steps.append(["conv", kernel, bias, layer.padding])
-                self._activation(layer.activation.__name__)
-            elif kind == "Dense":
-                kernel, *rest = [np.asarray(weight) for weight in layer.get_weights()]
-                bias = rest[0] if rest else np.zeros(kernel.shape[-1], np.float32)
-                self.steps.append(["dense", kernel, bias])
-                self._activation(layer.activation.__name__)
-            elif kind == "BatchNormalization":
-                self._fold_batch_normalisation(layer)
-            elif kind == "Activation":
-                self._activation(layer.activation.__name__)
-            elif kind == "MaxPooling2D":
-                if tuple(layer.pool_size) != (2, 2) or tuple(layer.strides) != (2, 2):
-                    raise ValueError(f"{layer.name}: only 2x2 pooling is supported.")
-                self.steps.append(["pool", layer.padding])
-            elif kind == "Flatten":
-                self.steps.append(["flatten"])
-            else:
-                raise ValueError(f"Layer type {kind} has no NumPy equivalent.")
-
-    def _activation(self, name: str) -> None:
-        if name in ("relu", "softmax"):
-            self.steps.append([name])
-        elif name != "linear":
-            raise ValueError(f"Activation {name} has no NumPy equivalent.")
-
-    def _fold_batch_normalisation(self, layer) -> None:
-        previous = self.steps[-1] if self.steps else None
-        if previous is None or previous[0] not in ("conv", "dense"):
-            raise ValueError(f"{layer.name}: batch normalisation must follow a weight layer.")
-        gamma, beta, mean, variance = [np.asarray(weight) for weight in layer.get_weights()]
-        scale = gamma / np.sqrt(variance + layer.epsilon)
-        previous[1] = (previous[1] * scale).astype(np.float32)
-        previous[2] = ((previous[2] - mean) * scale + beta).astype(np.float32)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        tensor = images.astype(np.float32).reshape(-1, 28, 28, 1)
-        for step in self.steps:
-            kind = step[0]
-            if kind == "conv":
-                tensor = self._convolve(tensor, step[1], step[2], step[3])
-            elif kind == "dense":
-                tensor = tensor @ step[1] + step[2]
-            elif kind == "relu":
-                np.maximum(tensor, 0.0, out=tensor)
-            elif kind == "softmax":
-                tensor = np.exp(tensor - tensor.max(axis=-1, keepdims=True))
-                tensor /= tensor.sum(axis=-1, keepdims=True)
-            elif kind == "pool":
-                tensor = self._max_pool(tensor, step[1])
-            elif kind == "flatten":
-                tensor = tensor.reshape(tensor.shape[0], -1)
-        return tensor
-
-    @staticmethod
-    def _convolve(tensor, kernel, bias, padding):
-        kernel_height, kernel_width, channels_in, channels_out = kernel.shape
-        count, height, width, _ = tensor.shape
-        if padding == "same":
-            # TensorFlow puts the odd padding pixel after, not before.
-            top, left = (kernel_height - 1) // 2, (kernel_width - 1) // 2
-            padded = np.zeros((count, height + kernel_height - 1, width + kernel_width - 1,
-                               channels_in), dtype=np.float32)
-            padded[:, top:top + height, left:left + width] = tensor
-        else:
-            padded = tensor
-            height, width = height - kernel_height + 1, width - kernel_width + 1
-        # Patches laid out as (row offset, column offset, channel), the kernel's own order.
-        patches = np.concatenate([padded[:, row:row + height, column:column + width]
-                                  for row in range(kernel_height)
-                                  for column in range(kernel_width)], axis=-1)
-        output = patches.reshape(-1, kernel_height * kernel_width * channels_in) @ kernel.reshape(
-            -1, channels_out) + bias
-        return output.reshape(count, height, width, channels_out)
-
-    @staticmethod
-    def _max_pool(tensor, padding):
-        count, height, width, channels = tensor.shape
-        if padding == "same" and (height % 2 or width % 2):
-            padded = np.full((count, height + height % 2, width + width % 2, channels), -np.inf,
-                             dtype=np.float32)
-            padded[:, :height, :width] = tensor
-            tensor, height, width = padded, height + height % 2, width + width % 2
-        height, width = height // 2 * 2, width // 2 * 2
-        return tensor[:, :height, :width].reshape(
-            count, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
-
-
 class Recognizer:
-    """A loaded model with its version; thread-safe for reading."""
+    """A loaded network with its version and model card; thread-safe for reading."""
 
     def __init__(self, network, *, model_version: str = "unknown", model_card: dict | None = None,
                  model_path: Path | None = None):
-        import tensorflow as tf
-
         self.network = network
         self.model_path = model_path
         self.model_version = model_version
         self.model_card = model_card or {}
-        self._batched = tf.function(
-            lambda images: network(images, training=False),
-            input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
-            autograph=False)
-        try:
-            self._numpy_network: _NumpyNetwork | None = _NumpyNetwork(network)
-        except ValueError:
-            self._numpy_network = None
-        self._check_fast_path()
-
-    def _check_fast_path(self) -> None:
-        """Use the NumPy copy only if it agrees with Keras on a few inputs."""
-        if self._numpy_network is None:
-            return
-        probe = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
-        expected = self._run_tensorflow(probe)
-        if not np.allclose(self._numpy_network(probe), expected, atol=1e-4):
-            self._numpy_network = None
 
     @classmethod
     def from_path(cls, path: str | Path) -> "Recognizer":
-        from mnist_core.model import load_model
-
+        """The model in `path` (.tflite on LiteRT, .keras on TensorFlow) with the card beside it."""
         path = Path(path)
         card_path = path.with_suffix(".card.json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
-        return cls(load_model(path), model_version=card.get("model_version", path.stem),
+        return cls(load_network(path), model_version=card.get("model_version", path.stem),
                    model_card=card, model_path=path)
 
-    @property
-    def uses_fast_path(self) -> bool:
-        return self._numpy_network is not None
-
-    def _run_tensorflow(self, images: np.ndarray) -> np.ndarray:
-        outputs = [self._batched(images[start:start + TENSORFLOW_BATCH_SIZE, ..., None]).numpy()
-                   for start in range(0, len(images), TENSORFLOW_BATCH_SIZE)]
-        return np.concatenate(outputs) if outputs else np.zeros((0, 10), np.float32)
-
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) for model inputs (N, 28, 28) scaled 0..1."""
-        images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
-        if len(images) == 0:
-            return np.zeros((0, 10), np.float32)
-        if self._numpy_network is not None and len(images) <= NUMPY_BATCH_LIMIT:
-            return self._numpy_network(images)
-        return self._run_tensorflow(images)
+        """Class probabilities (N, classes) for model inputs (N, 28, 28) scaled 0..1."""
+        return self.network(np.asarray(images, dtype=np.float32).reshape(-1, 28, 28))
 
     @staticmethod
     def _readings(probabilities: np.ndarray) -> tuple[DigitReading, ...]:
@@ -333,23 +191,10 @@ class Recognizer:
                        not_a_digit_probability=not_a_digit_probability, grouping_score=score)
 
 
-def limit_blas_to_one_thread() -> None:
-    """Run NumPy's BLAS on the calling thread only, for the whole process.
-
-    The NumPy path multiplies matrices of a few hundred kB, far too small to split; OpenBLAS
-    splits them anyway, and its worker threads spin while waiting for the next call. Under
-    50 API requests per second that spinning took a whole core (24 s of CPU in 20 s, against
-    9 s single-threaded) and raised p99 latency from 68 ms to 400 ms. TensorFlow (batches,
-    training) keeps its own thread pools.
-    """
-    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
-
-
 def load_recognizer(path: str | Path | None = None) -> Recognizer:
-    """The shipped model (or the one at `path`), ready to read; NumPy's BLAS is limited to one thread."""
+    """The shipped model (or the one at `path`), ready to read."""
     if path is None:
         from mnist_core.settings import get_settings
 
         path = get_settings().model_path
-    limit_blas_to_one_thread()
     return Recognizer.from_path(path)

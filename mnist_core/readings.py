@@ -46,9 +46,17 @@ def predict_and_store(image, *, source: str, recognizer: Recognizer, store: Pred
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}.")
     reading = recognizer.read(image, strokes=strokes)
+    return store_reading(reading, source=source, model_version=recognizer.model_version, store=store)
+
+
+def store_reading(reading: Reading, *, source: str, model_version: str, store: PredictionStore) -> StoredReading:
+    """Store a reading made earlier (the Draw page shows an answer before it stores it); a
+    reading without digits is stored as nothing. Storage outages never raise."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}.")
     if not reading.has_digits:
         return StoredReading(reading=reading, record=None, outcome=None)
-    record = record_for_reading(reading, source=source, model_version=recognizer.model_version)
+    record = record_for_reading(reading, source=source, model_version=model_version)
     return StoredReading(reading=reading, record=record, outcome=store.store(record))
 
 

@@ -119,7 +119,7 @@ class Settings:
     # Display
     display_timezone: str = "UTC"
     # Recognizer
-    model_path: pathlib.Path = REPOSITORY_ROOT / "models" / "mnist_cnn.keras"
+    model_path: pathlib.Path = REPOSITORY_ROOT / "models" / "mnist_cnn.tflite"
     confidence_threshold: float = 0.6
     # REST API: when set, /api/predict and /api/stats need it (X-API-Key or Authorization: Bearer)
     api_key: str | None = dataclasses.field(default=None, repr=False)

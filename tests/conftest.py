@@ -235,7 +235,7 @@ def mnist():
 def recognizer():
     from mnist_core.inference import load_recognizer
 
-    return load_recognizer(REPOSITORY_ROOT / "models" / "mnist_cnn.keras")
+    return load_recognizer(REPOSITORY_ROOT / "models" / "mnist_cnn.tflite")
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def recognizer():
 import sys  # noqa: E402 - this section is appended to the file
 import types  # noqa: E402
 
-SHIPPED_MODEL_PATH = REPOSITORY_ROOT / "models" / "mnist_cnn.keras"
+SHIPPED_MODEL_PATH = REPOSITORY_ROOT / "models" / "mnist_cnn.tflite"
 
 
 def _forget_process_storage() -> None:

@@ -70,3 +70,29 @@ def test_all_good_files_exit_zero(tmp_path, mnist):
     assert completed.returncode == 0, completed.stderr
     (row,) = [json.loads(line) for line in completed.stdout.splitlines()]
     assert row["digit"] == 7
+
+
+def test_the_keras_check_reads_the_same_as_the_served_runtime(tmp_path, mnist):
+    paths = []
+    for index in range(12):
+        path = tmp_path / f"test-{index}.png"
+        Image.fromarray(mnist.test_images[index]).save(path)
+        paths.append(str(path))
+    served = run_cli("predict", *paths)
+    checked = run_cli("predict", "--keras", *paths)
+    assert served.returncode == checked.returncode == 0, served.stderr + checked.stderr
+    served_rows = [json.loads(line) for line in served.stdout.splitlines()]
+    checked_rows = [json.loads(line) for line in checked.stdout.splitlines()]
+    assert [row["digit"] for row in served_rows] == [row["digit"] for row in checked_rows]
+    assert [row["digit"] for row in served_rows] == mnist.test_labels[:12].tolist()
+    for served_row, checked_row in zip(served_rows, checked_rows):
+        np.testing.assert_allclose(served_row["probabilities"], checked_row["probabilities"], atol=1e-5)
+
+
+def test_a_model_file_that_is_not_a_model_is_one_sentence_and_exit_2(tmp_path):
+    model = tmp_path / "broken.tflite"
+    model.write_bytes(b"\0" * 64)
+    completed = run_cli("predict", "--model", str(model), str(tmp_path / "any.png"))
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: ") and "not a LiteRT model" in completed.stderr
+    assert "Traceback" not in completed.stderr and completed.stdout == ""

@@ -318,7 +318,7 @@ def test_base_image_is_python_3_11_slim() -> None:
 
 
 def test_requirements_are_pinned() -> None:
-    for file_name in ("requirements.txt", "requirements-dev.txt"):
+    for file_name in ("requirements.txt", "requirements-train.txt", "requirements-dev.txt"):
         for line in (REPOSITORY_ROOT / file_name).read_text(encoding="utf-8").splitlines():
             line = line.split("#", 1)[0].strip()
             if not line or line.startswith("-r "):
@@ -378,7 +378,7 @@ def test_the_outbox_directory_is_a_volume_the_app_user_owns() -> None:
 def test_image_environment() -> None:
     environment = dockerfile_environment()
     assert environment.get("PYTHONUNBUFFERED") == "1"
-    assert environment.get("TF_CPP_MIN_LOG_LEVEL") == "2"
+    assert not any(name.startswith("TF_") for name in environment), "the image never runs TensorFlow"
     settings_variables = {name: value for name, value in environment.items() if name.startswith("MNIST_")}
     assert set(settings_variables) <= setting_variable_names()
     assert settings_from_mapping(settings_variables).data_dir == pathlib.Path("/data")
@@ -474,7 +474,8 @@ def test_image_holds_every_first_party_package_the_app_imports() -> None:
     for _, item in instructions_named("COPY"):
         sources, _ = copy_sources_and_destination(item)
         copied.update(source.rstrip("/") for source in sources)
-    for package in imported | {"app_pages", "Home.py", "models", ".streamlit/config.toml"}:
+    for package in imported | {"app_pages", "Home.py", "models/mnist_cnn.tflite", "models/mnist_cnn.card.json",
+                               ".streamlit/config.toml"}:
         assert package in copied, f"The image does not copy {package}."
     # The pages are files Streamlit runs by path, not imports: each one named in Home.py must exist.
     for page in re.findall(r'st\.Page\("([^"]+)"', (REPOSITORY_ROOT / "Home.py").read_text(encoding="utf-8")):
@@ -523,8 +524,16 @@ def test_dockerignore_lets_in_every_file_the_dockerfile_copies() -> None:
             for path in under:
                 if "__pycache__" not in path:
                     assert not left_out_of_build_context(path), f".dockerignore keeps {path} out, but the image needs it."
-    for model_file in ("models/mnist_cnn.keras", "models/mnist_cnn.card.json", "mnist_core/schema/001_predictions.cql"):
+    for model_file in ("models/mnist_cnn.tflite", "models/mnist_cnn.card.json", "mnist_core/schema/001_predictions.cql"):
         assert not left_out_of_build_context(model_file)
+    assert left_out_of_build_context("models/mnist_cnn.keras"), "the image serves the LiteRT export only"
+
+
+def test_the_app_requirements_hold_no_tensorflow() -> None:
+    pins = [line.split("==")[0].lower() for line in (REPOSITORY_ROOT / "requirements.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")]
+    assert "ai-edge-litert" in pins
+    assert not {"tensorflow", "tensorflow-cpu", "keras"} & set(pins)
 
 
 # --- compose.yaml: the Cassandra node ---------------------------------------------------------

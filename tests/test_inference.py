@@ -1,29 +1,48 @@
-"""The recognizer: the fast NumPy path equals Keras, save/load keeps predictions, readings."""
+"""The recognizer: LiteRT's export equals Keras, model files that cannot be run, readings."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 
-from mnist_core.inference import Recognizer
-from mnist_core.model import ARCHITECTURES, build_model, load_model
+from mnist_core.model import ARCHITECTURES, build_model
+from mnist_core.networks import KerasNetwork, LiteRtNetwork, ModelFileError, load_network
 from train.drawings import centre_line, draw_on_canvas
+from train.export import export_litert, file_digest
+from tests.conftest import REPOSITORY_ROOT
+
+
+def _varied_inputs(mnist, count: int) -> np.ndarray:
+    """MNIST test digits, some shifted and inverted, and noise: inputs far apart from each other."""
+    digits = mnist.test_images[:count // 2].astype(np.float32) / 255
+    rng = np.random.default_rng(7)
+    shifted = np.roll(digits[:count // 4], 5, axis=2)
+    noise = rng.random((count - len(digits) - len(shifted), 28, 28), dtype=np.float32)
+    return np.concatenate([digits, 1 - shifted, noise])
+
+
+def test_the_shipped_litert_file_gives_the_probabilities_of_the_keras_file(mnist):
+    images = _varied_inputs(mnist, 400)
+    served = LiteRtNetwork(REPOSITORY_ROOT / "models" / "mnist_cnn.tflite")(images)
+    expected = KerasNetwork(REPOSITORY_ROOT / "models" / "mnist_cnn.keras")(images)
+    assert served.shape == (400, 11)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert len(set(served.argmax(axis=1))) >= 10, "the inputs must not all look alike"
+
+
+def test_the_model_card_names_the_files_that_are_shipped():
+    import json
+
+    card = json.loads((REPOSITORY_ROOT / "models" / "mnist_cnn.card.json").read_text())
+    for name in ("mnist_cnn.keras", "mnist_cnn.tflite"):
+        assert card["model_files"][name]["sha256"] == file_digest(REPOSITORY_ROOT / "models" / name)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_fast_path_matches_keras(architecture, mnist):
+def test_an_export_reads_as_its_keras_model_one_image_or_many(architecture, tmp_path, mnist):
     network = build_model(architecture)
-    recognizer = Recognizer(network)
-    assert recognizer.uses_fast_path
-    images = mnist.test_images[:6].astype(np.float32) / 255
-    expected = np.asarray(network(images[..., None], training=False))
-    np.testing.assert_allclose(recognizer.probabilities(images), expected, atol=1e-5)
-    np.testing.assert_allclose(recognizer.probabilities(np.tile(images, (10, 1, 1)))[:6],
-                               expected, atol=1e-5)
-
-
-def test_save_and_load_round_trip_keeps_predictions(tmp_path, mnist):
-    network = build_model("default")
     # Move the batch-norm statistics away from their defaults so the check means something.
     for layer in network.layers:
         if layer.__class__.__name__ == "BatchNormalization":
@@ -31,17 +50,47 @@ def test_save_and_load_round_trip_keeps_predictions(tmp_path, mnist):
             layer.set_weights([gamma * 1.5, beta + 0.1, mean + 0.2, variance * 2.0])
     path = tmp_path / "model.keras"
     network.save(path)
-    loaded = load_model(path)
-    images = mnist.test_images[:32, ..., None].astype(np.float32) / 255
-    np.testing.assert_allclose(np.asarray(loaded(images, training=False)),
-                               np.asarray(network(images, training=False)), atol=1e-6)
-    np.testing.assert_allclose(Recognizer(loaded).probabilities(images[:1]),
-                               np.asarray(network(images[:1], training=False)), atol=1e-5)
+    exported = load_network(export_litert(path))
+    images = _varied_inputs(mnist, 40)
+    expected = np.asarray(network(images[..., None], training=False))
+    np.testing.assert_allclose(exported(images), expected, atol=1e-5)
+    # Batch sizes change between calls (a digit, a number, a batch larger than one call).
+    np.testing.assert_allclose(exported(images[:1]), expected[:1], atol=1e-5)
+    np.testing.assert_allclose(exported(np.tile(images, (15, 1, 1)))[-40:], expected, atol=1e-5)
+    assert exported(images[:0]).shape == (0, expected.shape[1])
 
 
-def test_missing_model_file_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m train"):
-        load_model(tmp_path / "absent.keras")
+def test_reading_from_many_threads_at_once_gives_each_its_own_answer(recognizer, mnist):
+    images = mnist.test_images[:64].astype(np.float32) / 255
+    expected = recognizer.probabilities(images)
+    failures = []
+
+    def read(offset: int) -> None:
+        for round_number in range(30):
+            index = (offset * 7 + round_number) % 64
+            count = 1 + round_number % 4
+            got = recognizer.probabilities(images[index:index + count])
+            if not np.allclose(got, expected[index:index + count], atol=1e-6):
+                failures.append(index)
+
+    threads = [threading.Thread(target=read, args=(offset,)) for offset in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_model_files_that_cannot_be_run_are_refused_with_a_sentence(tmp_path):
+    with pytest.raises(ModelFileError, match="python -m train"):
+        load_network(tmp_path / "absent.tflite")
+    with pytest.raises(ModelFileError, match="python -m train"):
+        load_network(tmp_path / "absent.keras")
+    (tmp_path / "garbage.tflite").write_bytes(b"not a flatbuffer at all" * 10)
+    with pytest.raises(ModelFileError, match="not a LiteRT model"):
+        load_network(tmp_path / "garbage.tflite")
+    with pytest.raises(ModelFileError, match=".tflite"):
+        load_network(tmp_path / "model.onnx")
 
 
 def test_shipped_model_reads_a_drawn_number(recognizer, mnist):
@@ -76,12 +125,3 @@ def test_batched_reading_equals_single_reading(recognizer, mnist):
         single = recognizer.read(image)
         assert single.digit == reading.digit
         assert single.confidence == pytest.approx(reading.confidence, abs=1e-5)
-
-
-def test_loading_the_recognizer_leaves_numpy_blas_on_one_thread(recognizer):
-    """More BLAS threads only spin between the NumPy path's tiny matrix products (a core under load)."""
-    import threadpoolctl
-
-    blas_pools = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
-    assert blas_pools, "NumPy's BLAS was not found"
-    assert all(pool["num_threads"] == 1 for pool in blas_pools)

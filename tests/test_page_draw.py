@@ -166,3 +166,48 @@ def test_the_canvas_strokes_tell_apart_digits_drawn_over_each_other(app_settings
     assert app.metric[0].value.startswith("10 ")
     records = stored_records(app_settings)
     assert records[0].number == "10" and records[0].source == "canvas"
+
+
+def new_records(settings, known_ids: set) -> list:
+    return [record for record in stored_records(settings) if record.id not in known_ids]
+
+
+def test_predict_as_i_draw_answers_each_picture_and_stores_the_drawing_once_on_predict(app_settings, fake_canvas, mnist):
+    first, second = (redraw(mnist.test_images[index], "fill", np.random.default_rng(index)) for index in (1, 2))
+    labels = [int(mnist.test_labels[index]) for index in (1, 2)]
+    assert labels[0] != labels[1]
+    app = draw_page()
+    known = {record.id for record in stored_records(app_settings)}
+    app.toggle(key="draw_live").set_value(True).run()
+
+    fake_canvas.picture = first
+    app.run()  # the canvas sent a picture
+    assert app.metric[0].value.startswith(str(labels[0]))
+    assert any("not saved yet" in caption.value for caption in app.caption)
+    fake_canvas.picture = second  # the drawing goes on (here: becomes another digit)
+    app.run()
+    assert app.metric[0].value.startswith(str(labels[1]))
+    assert new_records(app_settings, known) == [], "a live answer stores nothing"
+
+    app.button(key="draw_predict").click().run()
+    assert not app.exception, app.exception
+    assert [record.digit for record in new_records(app_settings, known)] == [labels[1]]
+    assert any(toast.value == "Saved." for toast in app.toast)
+    app.button(key="draw_predict").click().run()  # the same drawing again: no second row
+    assert len(new_records(app_settings, known)) == 1
+
+
+def test_clear_stores_a_live_answer_not_saved_yet(app_settings, fake_canvas, drawn_digit):
+    picture, label = drawn_digit
+    app = draw_page()
+    known = {record.id for record in stored_records(app_settings)}
+    app.toggle(key="draw_live").set_value(True).run()
+    fake_canvas.picture = picture
+    app.run()
+    assert new_records(app_settings, known) == []
+
+    fake_canvas.picture = None  # Clear gives a new, empty canvas
+    app.button(key="draw_clear").click().run()
+    assert not app.exception, app.exception
+    assert not app.metric
+    assert [record.digit for record in new_records(app_settings, known)] == [label]

@@ -19,7 +19,7 @@ def test_defaults_describe_a_local_single_node() -> None:
     assert settings.cassandra_consistency == "LOCAL_QUORUM"
     assert settings.data_dir == REPOSITORY_ROOT / ".data"
     assert settings.outbox_path == REPOSITORY_ROOT / ".data" / "outbox.sqlite3"
-    assert settings.model_path == REPOSITORY_ROOT / "models" / "mnist_cnn.keras"
+    assert settings.model_path == REPOSITORY_ROOT / "models" / "mnist_cnn.tflite"
     assert settings.confidence_threshold == 0.6
     assert settings.display_timezone == "UTC"
     assert not settings.authentication_enabled

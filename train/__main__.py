@@ -29,6 +29,9 @@ def parse_arguments(arguments: list[str]) -> argparse.Namespace:
     parser.add_argument("--evaluate", type=Path, default=None, metavar="MODEL",
                         help="train nothing: recompute MODEL's card figures on the test split "
                              "through the product path")
+    parser.add_argument("--export", type=Path, default=None, metavar="MODEL",
+                        help="train nothing: export MODEL (.keras) as the LiteRT file the "
+                             "product serves, and record both files in its card")
     return parser.parse_args(arguments)
 
 
@@ -36,6 +39,11 @@ def main(arguments: list[str] | None = None) -> int:
     parsed = parse_arguments(sys.argv[1:] if arguments is None else arguments)
     from train.pipeline import TrainingOptions, record_product_test_figures, train
 
+    if parsed.export is not None:
+        from train.export import export_litert
+
+        print(json.dumps({"exported": str(export_litert(parsed.export))}))
+        return 0
     if parsed.evaluate is not None:
         card = record_product_test_figures(parsed.evaluate)
         print(json.dumps({key: card[key] for key in ("model_version", "test_accuracy",

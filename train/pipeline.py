@@ -18,6 +18,7 @@ import numpy as np
 
 from mnist_core import model as model_module
 from mnist_core.datasets import MnistSplits, load_mnist
+from train.export import export_litert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +211,11 @@ def train(options: TrainingOptions, data: MnistSplits | None = None) -> dict:
     shipped.set_weights(network.get_weights())
     shipped.save(output)
     model_card_path(output).write_text(json.dumps(card, indent=1) + "\n")
+    # What the product serves: the same network as a LiteRT flatbuffer, both files in the card.
+    served = export_litert(output)
     if options.architecture != "baseline":
-        card = record_product_test_figures(output, data)
-    return card
+        return record_product_test_figures(served, data)
+    return json.loads(model_card_path(output).read_text())
 
 
 def read_through_product(model_path: Path, images: np.ndarray):

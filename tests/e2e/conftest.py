@@ -66,7 +66,6 @@ def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.P
         "MNIST_DATA_DIR": str(data_directory),
         "MNIST_MODEL_PATH": str(SHIPPED_MODEL_PATH),
         "MNIST_DISPLAY_TIMEZONE": "UTC",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     command = [
         sys.executable, "-m", "streamlit", "run", "Home.py",

@@ -255,3 +255,26 @@ def test_digits_drawn_over_each_other_are_read_stroke_by_stroke(browser, app_ser
     value.wait_for(timeout=PAGE_TIMEOUT_MS)
     assert value.inner_text().startswith("10 "), value.inner_text()
     context.close()
+
+
+def test_a_click_right_after_the_last_stroke_stores_the_whole_drawing_once(browser, app_server, raw_session, module_keyspace):
+    """The canvas sends its picture 200 ms after the pen lifts; a click before that is answered at once
+    and the late picture then replaces the answer before anything is stored: one row, the whole drawing."""
+    known = {row.id for row in today_rows(raw_session, module_keyspace)}
+    context, page = open_app(browser, app_server, DESKTOP)
+    box = canvas_box(page)
+    angles = np.linspace(0, 2 * np.pi, 40)
+    ring = [(180 + 48 * np.cos(angle), 140 + 70 * np.sin(angle)) for angle in angles]
+    stem = [(75.0, 70.0 + step * 10.0) for step in range(15)]
+    draw_strokes(page, box, [ring])
+    time.sleep(HAND_TO_BUTTON_SECONDS)
+    wait_until_idle(page)
+    draw_strokes(page, box, [stem])
+    page.get_by_role("button", name="Predict").click()  # at once: the stem's picture is still on its way
+    page.get_by_test_id("stMetricValue").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    page.get_by_text("Saved.").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_until_idle(page)
+    assert metric_value(page, "Prediction").startswith("10 ")
+    new_rows = [row for row in today_rows(raw_session, module_keyspace) if row.id not in known]
+    assert [(row.digit, row.source) for row in new_rows] == [(1, "canvas")]
+    context.close()
