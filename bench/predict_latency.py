@@ -2,7 +2,8 @@
 
 (1) In the process: one canvas reading by the 2019 ancestor's path (the canvas written to disk
     as a PNG, read back, resized whole to 28x28, `model.predict` of the Keras model) against
-    ours (preprocessing, segmentation and the LiteRT network), same drawings, after warm-up.
+    ours (preprocessing, segmentation and the LiteRT network), same drawings, after warm-up,
+    in alternating blocks.
 (2) Cold start: `streamlit run Home.py` launched on a free port; seconds until its first
     `/api/predict` answer (polled every 20 ms), and its RSS after 100 API predictions: once on
     a new keyspace (its tables are created first), then again as a restart.
@@ -42,6 +43,10 @@ from train.drawings import drawn_digits
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_RUNS = 20
+# The two paths are timed in this many alternating blocks (see time_in_rounds).
+ROUNDS = 10
+# A pause before each block lets the other path's threads go idle.
+IDLE_BETWEEN_BLOCKS_SECONDS = 0.2
 API_PREDICTIONS_BEFORE_RSS = 100
 START_POLL_SECONDS = 0.02
 ANSWER_POLL_SECONDS = 0.01
@@ -66,14 +71,25 @@ def percentile_ms(samples: list[float], percentile: float) -> float:
     return float(np.percentile(np.array(samples) * 1000, percentile))
 
 
-def time_calls(function, inputs, runs: int) -> list[float]:
+def time_in_rounds(functions, inputs, runs: int, rounds: int = ROUNDS) -> list[list[float]]:
+    """Durations of each function on the same inputs, in alternating blocks of runs/rounds calls.
+
+    On a shared VM the CPU we get changes from one minute to the next, so both paths are
+    measured across the same minutes; in blocks, not call by call, because after each
+    `model.predict` TensorFlow's idle threads spin for a while and would slow the next call.
+    """
     for index in range(WARM_UP_RUNS):
-        function(inputs[index % len(inputs)])
-    durations = []
-    for index in range(runs):
-        started = time.perf_counter()
-        function(inputs[index % len(inputs)])
-        durations.append(time.perf_counter() - started)
+        for function in functions:
+            function(inputs[index % len(inputs)])
+    durations: list[list[float]] = [[] for _ in functions]
+    block = max(runs // rounds, 1)
+    for start in range(0, runs, block):
+        for function, samples in zip(functions, durations):
+            time.sleep(IDLE_BETWEEN_BLOCKS_SECONDS)
+            for index in range(start, min(start + block, runs)):
+                started = time.perf_counter()
+                function(inputs[index % len(inputs)])
+                samples.append(time.perf_counter() - started)
     return durations
 
 
@@ -83,9 +99,9 @@ def in_process_figures(model_path: Path | None, runs: int, mnist) -> dict:
                             "natural", source="mnist_test_writers", seed=3).canvases
     ancestor_network = KerasNetwork(Path(recognizer.model_path).with_suffix(".keras")).model
     with tempfile.TemporaryDirectory() as directory:
-        ancestor = time_calls(lambda canvas: ancestor_predict(ancestor_network, canvas, Path(directory)),
-                              canvases, runs)
-    ours = time_calls(recognizer.read, canvases, runs)
+        ancestor, ours = time_in_rounds(
+            [lambda canvas: ancestor_predict(ancestor_network, canvas, Path(directory)), recognizer.read],
+            canvases, runs)
     figures = {
         "seed_p50_ms": round(percentile_ms(ancestor, 50), 3),
         "seed_p99_ms": round(percentile_ms(ancestor, 99), 3),

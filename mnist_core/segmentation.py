@@ -208,10 +208,22 @@ class Segmentation:
         return penalty
 
 
+def _ink_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns that hold ink: the rest of the picture changes nothing below."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    columns = np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
+
+
 def _pieces(mask: np.ndarray) -> list[Atom]:
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
+    box = _ink_box(mask)
+    if box is None:
         return []
+    # Labelled within the ink's box only (a small digit fills little of the canvas).
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3), dtype=bool))
+    top, left = box[0].start, box[1].start
     boxes = ndimage.find_objects(labels)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     largest = float(areas.max())
@@ -219,9 +231,9 @@ def _pieces(mask: np.ndarray) -> list[Atom]:
     for index, (rows, columns) in enumerate(boxes):
         if areas[index] < SPECK_SHARE * largest:
             continue
-        pieces.append(Atom(mask=labels[rows, columns] == index + 1, top=rows.start,
-                           left=columns.start, bottom=rows.stop, right=columns.stop,
-                           piece=index))
+        pieces.append(Atom(mask=labels[rows, columns] == index + 1, top=top + rows.start,
+                           left=left + columns.start, bottom=top + rows.stop,
+                           right=left + columns.stop, piece=index))
     return pieces
 
 
@@ -300,6 +312,8 @@ def _split(piece: Atom, cuts: list[int]) -> list[Atom]:
 
 def _pen_width(mask: np.ndarray) -> float:
     """Area over half the perimeter: the width of a long stroke."""
+    box = _ink_box(mask)
+    mask = mask[box] if box is not None else mask
     area = float(mask.sum())
     # The pixels whose four neighbours are all ink (a 3x3-cross erosion, by slicing: cheaper
     # than ndimage for one small mask per drawing).
@@ -490,6 +504,11 @@ def _segmentation(ink: np.ndarray, mask: np.ndarray, atoms: list[Atom], scale_ba
                         heights=tuple(heights), atoms=tuple(atoms), by_strokes=by_strokes)
 
 
+# Neighbours' ink is grown by two pixels (a 4-neighbour step twice) before it is left out, so
+# its anti-aliased fringe goes with it; one pass with the diamond is cheaper than two iterations.
+_TWO_PIXEL_DIAMOND = ndimage.iterate_structure(ndimage.generate_binary_structure(2, 1), 2)
+
+
 def _model_input(ink: np.ndarray, mask: np.ndarray, group: Atom) -> np.ndarray:
     """The group's own ink, its anti-aliased fringe included and its neighbours' left out."""
     height, width = mask.shape
@@ -499,5 +518,5 @@ def _model_input(ink: np.ndarray, mask: np.ndarray, group: Atom) -> np.ndarray:
     own[group.top - top:group.bottom - top, group.left - left:group.right - left] = group.mask
     others = mask[top:bottom, left:right] & ~own
     if others.any():
-        others = ndimage.binary_dilation(others, iterations=2) & ~own
+        others = ndimage.binary_dilation(others, structure=_TWO_PIXEL_DIAMOND) & ~own
     return normalise_digit(np.where(others, 0.0, ink[top:bottom, left:right]))
