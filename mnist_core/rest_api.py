@@ -164,13 +164,22 @@ def create_routes(
     def expected_api_key() -> str | None:
         return api_key() if callable(api_key) else api_key
 
+    def loaded_recognizer() -> Recognizer:
+        # A model that cannot be loaded is a JSON 503 on each request, never a bare 500.
+        try:
+            return get_recognizer()
+        except (OSError, ValueError) as error:
+            raise RequestProblem(503, f"The model is not loaded, so nothing can be read: {error}") from None
+
     async def predict(request: Request) -> JSONResponse:
         try:
             # Checked before the body is read: a caller without the key cannot make us read 2 MB.
             _require_api_key(request, expected_api_key())
             image = await _image_bytes(request, max_body_bytes)
+            # In the thread pool: even a first load (or a failing one) never holds the event loop.
+            recognizer = await run_in_threadpool(loaded_recognizer)
             result = await run_in_threadpool(
-                readings.predict_and_store, image, source="api", recognizer=get_recognizer(), store=get_store()
+                readings.predict_and_store, image, source="api", recognizer=recognizer, store=get_store()
             )
         except RequestProblem as problem:
             return _problem_response(problem)

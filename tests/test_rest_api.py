@@ -210,3 +210,20 @@ def test_a_client_that_disconnects_mid_body_gets_an_answer_not_a_traceback(recog
     answer = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
     assert b"disconnected" in answer
     assert len(store.latest(200)) == before
+
+
+def test_a_model_that_cannot_be_loaded_is_a_json_503_and_stores_nothing(tmp_path, store, digit_png):
+    from mnist_core.inference import load_recognizer
+
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"truncated download")
+    application = Starlette(routes=rest_api.create_routes(
+        get_recognizer=lambda: load_recognizer(broken), get_store=lambda: store, default_timezone="UTC"))
+    pending_before = store.status().pending
+    with TestClient(application, raise_server_exceptions=False) as test_client:
+        response = test_client.post("/api/predict", content=digit_png[0], headers={"Content-Type": "image/png"})
+        health = test_client.get("/api/health")
+    assert response.status_code == 503
+    assert "model is not loaded" in response.json()["error"] and "not a LiteRT model" in response.json()["error"]
+    assert health.status_code == 503 and health.json()["model_loaded"] is False
+    assert store.status().pending == pending_before
