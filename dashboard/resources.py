@@ -59,6 +59,8 @@ def load_at_start() -> None:
     find it ready; building the store at start lets its writer send an outbox left by the
     previous process without waiting for a visitor (it connects in the background).
     """
+    # A secrets file that exists but cannot be read stops the start here (SecretsFileError).
+    settings.get_settings()
     store_resource()
     try:
         recognizer_resource()

@@ -40,6 +40,10 @@ API_KEY_PATTERN = re.compile(r"^[!-~]+$")
 DATACENTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
+class SecretsFileError(ValueError):
+    """A Streamlit secrets file exists but cannot be read: the app must not start without what it holds."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Replication:
     """How the keyspace is replicated: SimpleStrategy for one node, NetworkTopologyStrategy for a cluster.
@@ -316,7 +320,8 @@ def _streamlit_secrets() -> dict[str, str]:
     """``MNIST_*`` values from st.secrets when a Streamlit app is running; empty anywhere else.
 
     Streamlit is imported only if the process already imported it, so scripts, the CLI and
-    tests never pay for it, and a missing secrets file is not an error.
+    tests never pay for it. A missing secrets file is not an error; one that exists and cannot
+    be parsed raises SecretsFileError.
     """
     if "streamlit" not in sys.modules:
         return {}
@@ -327,8 +332,16 @@ def _streamlit_secrets() -> dict[str, str]:
         if not runtime.exists():
             return {}
         secrets = dict(streamlit.secrets)
-    except Exception:  # noqa: BLE001 - no secrets file, or a malformed one: the environment still applies
-        return {}
+    except Exception as error:  # noqa: BLE001 - Streamlit says "not found" for a missing and a broken file alike
+        present = [path for path in _secrets_file_paths() if pathlib.Path(path).exists()]
+        if not present:
+            return {}
+        # Fail closed: starting without the file would silently drop the API key (an open API)
+        # and the Cassandra password.
+        raise SecretsFileError(
+            f"The secrets file {present[0]} cannot be read ({error}). Fix or remove it; the app does "
+            "not start without the settings it holds (the API key, the Cassandra password)."
+        ) from error
     overlay: dict[str, str] = {}
     for key, value in secrets.items():
         if key.upper().startswith(ENVIRONMENT_PREFIX) and not isinstance(value, Mapping):
@@ -339,6 +352,12 @@ def _streamlit_secrets() -> dict[str, str]:
             name = key.upper()
             overlay[name if name.startswith(ENVIRONMENT_PREFIX) else ENVIRONMENT_PREFIX + name] = str(value)
     return overlay
+
+
+def _secrets_file_paths() -> list[str]:
+    from streamlit import config
+
+    return list(config.get_option("secrets.files") or [])
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
-"""The served app's start and stop: an outbox left by an earlier process drains with nobody visiting.
+"""The served app's start and stop: an outbox left by an earlier process drains with nobody visiting,
+and a secrets file that cannot be read stops the start instead of opening the API.
 
 A previous app process that stopped (or crashed) while Cassandra was away leaves its
 predictions in the SQLite outbox of its data directory. The next process must send them at
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -19,8 +23,8 @@ from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import outbox
 from mnist_core.storage.connection import target_name
 from mnist_core.storage.records import time_uuid
-from tests.conftest import build_record
-from tests.e2e.conftest import running_app
+from tests.conftest import REPOSITORY_ROOT, build_record
+from tests.e2e.conftest import free_port, running_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cassandra, pytest.mark.slow]
 
@@ -67,3 +71,15 @@ def test_outbox_of_an_earlier_process_drains_at_start_without_any_request(module
             time.sleep(0.5)
         assert pending() == 0, "the outbox was not sent although nobody visited the app"
         assert sorted(stored) == sorted(record.id for record in records)
+
+
+def test_a_secrets_file_that_cannot_be_parsed_stops_the_start_with_a_sentence(module_keyspace, tmp_path):
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('MNIST_API_KEY = "a-key-of-enough-length-1234"\nbroken = [\n')
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--secrets.files", str(secrets)]
+    environment = {**os.environ, "MNIST_CASSANDRA_KEYSPACE": module_keyspace, "MNIST_DATA_DIR": str(tmp_path / "data")}
+    completed = subprocess.run(command, cwd=REPOSITORY_ROOT, env=environment, capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0, "the server must not run without the settings in its secrets file"
+    assert f"The secrets file {secrets} cannot be read" in completed.stdout + completed.stderr
