@@ -217,20 +217,38 @@ def create_routes(
             status_code=404,
         )
 
+    def shows_details(request: Request) -> bool:
+        """Error sentences name hosts, addresses, the Cassandra role and driver internals: /api/health
+        gives them only to a caller with the API key (the server log has them anyway)."""
+        expected = expected_api_key()
+        if expected is None:
+            return False
+        try:
+            _require_api_key(request, expected)
+        except RequestProblem:
+            return False
+        return True
+
     async def health(request: Request) -> JSONResponse:
+        detailed = shows_details(request)
         try:
             recognizer = await run_in_threadpool(get_recognizer)
         except (OSError, ValueError) as error:
-            return JSONResponse({"status": "unavailable", "model_loaded": False, "error": str(error)}, status_code=503)
+            body = {"status": "unavailable", "model_loaded": False}
+            if detailed:
+                body["error"] = str(error)
+            return JSONResponse(body, status_code=503)
         status = await run_in_threadpool(lambda: get_store().status())
+        storage = {"state": status.state, "pending": status.pending, "dead_letters": status.dead_letters,
+                   "other_target_pending": status.other_target_pending}
+        if detailed:
+            storage.update({"message": status.message, "warnings": list(status.warnings)})
         return JSONResponse(
             {
                 "status": "ok" if status.connected else "degraded",
                 "model_loaded": True,
                 "model_version": recognizer.model_version,
-                "storage": {"state": status.state, "pending": status.pending, "message": status.message,
-                            "dead_letters": status.dead_letters, "other_target_pending": status.other_target_pending,
-                            "warnings": list(status.warnings)},
+                "storage": storage,
             }
         )
 

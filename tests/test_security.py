@@ -6,7 +6,8 @@
   name, which is validated first.
 - The REST API key (``MNIST_API_KEY``): without it the API stays open as before; with it,
   /api/predict and /api/stats answer 401 and store nothing unless the key comes as
-  ``X-API-Key`` or ``Authorization: Bearer``; /api/health stays open.
+  ``X-API-Key`` or ``Authorization: Bearer``; /api/health stays open, its internals (error
+  sentences naming hosts and roles) only for a caller with the key.
 - Bodies over the limit: 413 with nothing stored. tests/test_rest_api.py checks the message
   for a declared length and tests/test_fuzz_rest_api.py sends many such bodies; here the
   chunked case and "nothing stored" are checked without relying on chance.
@@ -32,6 +33,7 @@ import re
 import secrets
 import subprocess
 import sys
+import types
 import tomllib
 import warnings
 
@@ -767,3 +769,28 @@ def test_only_exact_pins_are_audited(tmp_path: pathlib.Path) -> None:
     requirements.write_text("numpy>=2\n")
     with pytest.raises(ValueError, match="not an exact pin"):
         dependency_audit.read_pins(requirements)
+
+
+def test_health_tells_its_internals_only_to_a_caller_with_the_key() -> None:
+    class BrokenStore:
+        def status(self):
+            from mnist_core.storage import StorageStatus
+
+            return StorageStatus(state="degraded", pending=3,
+                                 message="Cassandra at cassandra-7.internal (10.2.3.4:9042) refused role 'mnist_app'.",
+                                 warnings=("replication drift on 10.2.3.4",))
+
+    def routes(api_key):
+        return rest_api.create_routes(get_recognizer=lambda: types.SimpleNamespace(model_version="m1"),
+                                      get_store=lambda: BrokenStore(), api_key=api_key)
+
+    for api_key, headers in ((None, {}), (API_KEY, {}), (API_KEY, {"X-API-Key": "wrong-" + API_KEY})):
+        with TestClient(Starlette(routes=routes(api_key)), headers=headers) as client:
+            answer = client.get("/api/health")
+        assert answer.status_code == 200
+        assert answer.json()["storage"] == {"state": "degraded", "pending": 3, "dead_letters": 0,
+                                            "other_target_pending": 0}
+        assert "10.2.3.4" not in answer.text and "mnist_app" not in answer.text
+    with TestClient(Starlette(routes=routes(API_KEY)), headers={"X-API-Key": API_KEY}) as client:
+        detailed = client.get("/api/health").json()
+    assert "10.2.3.4" in detailed["storage"]["message"] and detailed["storage"]["warnings"]

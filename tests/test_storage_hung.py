@@ -28,6 +28,7 @@ from tests.test_rest_api import digit_pngs
 from tests.test_storage_kill import daemon_pid
 from train.drawings import redraw
 
+OPERATOR_KEY = "operator-key-for-the-health-details"
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
 PREDICTIONS = 30
@@ -49,10 +50,11 @@ def test_a_hung_node_costs_the_user_nothing_and_loses_nothing(recognizer, settin
     store = PredictionStore(settings)
     store.connect()
     application = Starlette(routes=rest_api.create_routes(
-        get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC"))
+        get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC",
+        api_key=OPERATOR_KEY))  # with the key, /api/health says why storage is degraded
     bodies = digit_pngs(recognizer, mnist, PREDICTIONS, seed=3)
     try:
-        with TestClient(application) as client:
+        with TestClient(application, headers={"X-API-Key": OPERATOR_KEY}) as client:
             assert client.get("/api/health").json()["status"] == "ok"
             with hung_node():
                 durations, identifiers = [], []

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from secrets import token_urlsafe
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_outbox_of_an_earlier_process_drains_at_start_without_any_request(module
 
 def test_a_secrets_file_that_cannot_be_parsed_stops_the_start_with_a_sentence(module_keyspace, tmp_path):
     secrets = tmp_path / "secrets.toml"
-    secrets.write_text('MNIST_API_KEY = "a-key-of-enough-length-1234"\nbroken = [\n')
+    secrets.write_text(f'MNIST_API_KEY = "{token_urlsafe(24)}"\nbroken = [\n')
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--secrets.files", str(secrets)]
