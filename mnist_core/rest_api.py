@@ -77,6 +77,28 @@ def _require_api_key(request: Request, expected: str | None) -> None:
         raise RequestProblem(401, "The API key is not valid.", headers=challenge)
 
 
+def _refuse_cross_site(request: Request) -> None:
+    """Refuse (403) a write sent by a browser on behalf of another site (cross-site request forgery).
+
+    A page elsewhere can make a visitor's browser POST a form (multipart or text/plain needs no
+    CORS preflight) to this API. Browsers say where such a request comes from: `Sec-Fetch-Site`
+    (cross-site or same-site) and `Origin` (another scheme, host or port than the one asked).
+    Non-browser clients (curl, scripts, the tests) send neither and are not affected, and a
+    page served by this app is same-origin.
+    """
+    fetch_site = request.headers.get("sec-fetch-site", "").strip().lower()
+    origin = request.headers.get("origin", "").strip()
+    if fetch_site in ("cross-site", "same-site"):
+        raise RequestProblem(403, "Requests from other web sites are refused; call the API from a script or this app.")
+    if origin and origin.lower() != "null":
+        own = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+        if origin.rstrip("/").lower() != own:
+            raise RequestProblem(403, f"Requests from {origin} are refused; call the API from a script or this app.")
+    elif origin.lower() == "null":
+        # A sandboxed frame or a file:// page: no site to trust.
+        raise RequestProblem(403, "Requests from an opaque origin are refused; call the API from a script or this app.")
+
+
 async def _read_limited_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything above ``limit`` bytes without reading it all."""
     declared = request.headers.get("content-length")
@@ -175,6 +197,7 @@ def create_routes(
         try:
             # Checked before the body is read: a caller without the key cannot make us read 2 MB.
             _require_api_key(request, expected_api_key())
+            _refuse_cross_site(request)
             image = await _image_bytes(request, max_body_bytes)
             # In the thread pool: even a first load (or a failing one) never holds the event loop.
             recognizer = await run_in_threadpool(loaded_recognizer)

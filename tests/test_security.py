@@ -794,3 +794,31 @@ def test_health_tells_its_internals_only_to_a_caller_with_the_key() -> None:
     with TestClient(Starlette(routes=routes(API_KEY)), headers={"X-API-Key": API_KEY}) as client:
         detailed = client.get("/api/health").json()
     assert "10.2.3.4" in detailed["storage"]["message"] and detailed["storage"]["warnings"]
+
+
+@pytest.mark.cassandra
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},  # a form on another site, today's browsers
+    {"Origin": "https://evil.example"},  # a browser that does not send Sec-Fetch-Site
+    {"Origin": "null"},  # a sandboxed frame or a file:// page
+    {"Sec-Fetch-Site": "same-site"},  # another app on a sibling subdomain
+], ids=["cross-site", "other-origin", "opaque-origin", "same-site"])
+def test_a_form_posted_from_another_site_is_refused_and_stores_nothing(headers, recognizer, store, mnist) -> None:
+    from tests.test_rest_api import digit_pngs
+
+    (body,) = digit_pngs(recognizer, mnist, 1, seed=11)
+    application = Starlette(routes=rest_api.create_routes(get_recognizer=lambda: recognizer, get_store=lambda: store))
+    known = {record.id for record in store.latest(100)}
+    with TestClient(application, base_url="http://digits.example:8501") as client:
+        refused = client.post("/api/predict", files={"image": ("digit.png", body, "image/png")}, headers=headers)
+        text_plain = client.post("/api/predict", content=body, headers={**headers, "Content-Type": "text/plain"})
+        same_origin = client.post("/api/predict", files={"image": ("digit.png", body, "image/png")},
+                                  headers={"Origin": "http://digits.example:8501", "Sec-Fetch-Site": "same-origin"})
+        script = client.post("/api/predict", content=body)  # curl and scripts send no Origin
+    assert refused.status_code == 403 and "refused" in refused.json()["error"]
+    assert text_plain.status_code == 403
+    assert same_origin.status_code == 200, same_origin.text
+    assert script.status_code == 200, script.text
+    store.flush()
+    stored = [record for record in store.latest(100) if record.id not in known]
+    assert sorted(str(record.id) for record in stored) == sorted([same_origin.json()["id"], script.json()["id"]])
