@@ -35,6 +35,16 @@ def test_new_record_has_a_time_based_id_matching_its_time(make_record) -> None:
     assert record.model_input == bytes(784)
 
 
+def test_new_ids_do_not_carry_this_hosts_mac_address_and_never_repeat() -> None:
+    records = [PredictionRecord.new(digit=1, confidence=0.9, probabilities=[0.1] * 10,
+                                    model_input=numpy.zeros((28, 28), dtype=numpy.uint8), source="api",
+                                    model_version="v", latency_ms=1.0) for _ in range(2000)]
+    nodes = {record.id.node for record in records}
+    assert uuid.getnode() not in nodes
+    assert all(node & 0x010000000000 for node in nodes), "a random node has the multicast bit set"
+    assert len({record.id for record in records}) == len(records)
+
+
 def test_json_round_trip_is_equal(make_record) -> None:
     record = make_record(number="42", true_label=4)
     assert PredictionRecord.from_json_dict(record.to_json_dict()) == record

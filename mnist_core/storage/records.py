@@ -59,6 +59,12 @@ def _as_model_input_bytes(value: Any) -> bytes:
     return data
 
 
+# The node field of the ids this process makes: random, with the multicast bit that marks a node
+# that is not a network card. uuid1() would put this host's MAC address in every id (and so in the
+# API's answers and the CSV download).
+PROCESS_NODE = secrets.randbits(48) | 0x010000000000
+
+
 def uuid_time(identifier: uuid.UUID) -> datetime.datetime:
     """The moment a version 1 (time-based) UUID was made, in UTC, to the microsecond."""
     if identifier.version != 1:
@@ -170,7 +176,7 @@ class PredictionRecord:
         true_label: int | None = None,
     ) -> PredictionRecord:
         """A record with a fresh time-based id whose time is created_at (default: now)."""
-        identifier = uuid.uuid1() if created_at is None else time_uuid(created_at)
+        identifier = uuid.uuid1(node=PROCESS_NODE) if created_at is None else time_uuid(created_at)
         return cls(
             id=identifier,
             created_at=uuid_time(identifier),
