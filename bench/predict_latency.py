@@ -3,7 +3,8 @@
 (1) In the process: one canvas reading by the 2019 ancestor's path (the canvas written to disk
     as a PNG, read back, resized whole to 28x28, `model.predict` of the Keras model) against
     ours (preprocessing, segmentation and the LiteRT network), same drawings, after warm-up,
-    in alternating blocks.
+    each in a process of its own (ours without TensorFlow, as the server runs), ours timed half
+    before and half after the ancestor.
 (2) Cold start: `streamlit run Home.py` launched on a free port; seconds until its first
     `/api/predict` answer (polled every 20 ms), and its RSS after 100 API predictions: once on
     a new keyspace (its tables are created first), then again as a restart.
@@ -38,15 +39,10 @@ from PIL import Image
 
 from mnist_core.datasets import load_mnist
 from mnist_core.inference import load_recognizer
-from mnist_core.networks import KerasNetwork
 from train.drawings import drawn_digits
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_RUNS = 20
-# The two paths are timed in this many alternating blocks (see time_in_rounds).
-ROUNDS = 10
-# A pause before each block lets the other path's threads go idle.
-IDLE_BETWEEN_BLOCKS_SECONDS = 0.2
 API_PREDICTIONS_BEFORE_RSS = 100
 START_POLL_SECONDS = 0.02
 ANSWER_POLL_SECONDS = 0.01
@@ -71,44 +67,60 @@ def percentile_ms(samples: list[float], percentile: float) -> float:
     return float(np.percentile(np.array(samples) * 1000, percentile))
 
 
-def time_in_rounds(functions, inputs, runs: int, rounds: int = ROUNDS) -> list[list[float]]:
-    """Durations of each function on the same inputs, in alternating blocks of runs/rounds calls.
+def measured_durations(path: str, model_path: Path | None, runs: int) -> dict:
+    """One path timed in this process: `ours` (LiteRT, as the server reads) or `ancestor` (Keras)."""
+    from mnist_core.settings import get_settings
 
-    On a shared VM the CPU we get changes from one minute to the next, so both paths are
-    measured across the same minutes; in blocks, not call by call, because after each
-    `model.predict` TensorFlow's idle threads spin for a while and would slow the next call.
-    """
-    for index in range(WARM_UP_RUNS):
-        for function in functions:
-            function(inputs[index % len(inputs)])
-    durations: list[list[float]] = [[] for _ in functions]
-    block = max(runs // rounds, 1)
-    for start in range(0, runs, block):
-        for function, samples in zip(functions, durations):
-            time.sleep(IDLE_BETWEEN_BLOCKS_SECONDS)
-            for index in range(start, min(start + block, runs)):
-                started = time.perf_counter()
-                function(inputs[index % len(inputs)])
-                samples.append(time.perf_counter() - started)
-    return durations
-
-
-def in_process_figures(model_path: Path | None, runs: int, mnist) -> dict:
-    recognizer = load_recognizer(model_path)
+    mnist = load_mnist()
     canvases = drawn_digits(mnist.test_images[:50] / 255.0, mnist.test_labels[:50],
                             "natural", source="mnist_test_writers", seed=3).canvases
-    ancestor_network = KerasNetwork(Path(recognizer.model_path).with_suffix(".keras")).model
-    with tempfile.TemporaryDirectory() as directory:
-        ancestor, ours = time_in_rounds(
-            [lambda canvas: ancestor_predict(ancestor_network, canvas, Path(directory)), recognizer.read],
-            canvases, runs)
+    served_model = Path(model_path or get_settings().model_path)
+    if path == "ancestor":
+        from mnist_core.networks import KerasNetwork
+
+        network = KerasNetwork(served_model.with_suffix(".keras")).model
+        directory = tempfile.TemporaryDirectory()
+        function = lambda canvas: ancestor_predict(network, canvas, Path(directory.name))  # noqa: E731
+        runtime = "Keras model.predict"
+    else:
+        recognizer = load_recognizer(served_model)
+        function = recognizer.read
+        runtime = type(recognizer.network).__name__
+    for index in range(WARM_UP_RUNS):
+        function(canvases[index % len(canvases)])
+    durations = []
+    for index in range(runs):
+        started = time.perf_counter()
+        function(canvases[index % len(canvases)])
+        durations.append(time.perf_counter() - started)
+    return {"durations": durations, "runtime": runtime,
+            "tensorflow_imported": "tensorflow" in sys.modules}
+
+
+def durations_in_a_process_of_their_own(path: str, model_path: Path | None, runs: int) -> dict:
+    """Each path in a fresh process, as each really runs: ours never has TensorFlow loaded (its
+    idle threads spin after every `model.predict` and would slow whatever runs next)."""
+    command = [sys.executable, "-m", "bench.predict_latency", "--measure", path, "--runs", str(runs)]
+    if model_path is not None:
+        command += ["--model", str(model_path)]
+    completed = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def in_process_figures(model_path: Path | None, runs: int) -> dict:
+    # Ours before and after the ancestor, so that both meet the same minutes of this shared VM.
+    first = durations_in_a_process_of_their_own("ours", model_path, runs // 2)
+    ancestor = durations_in_a_process_of_their_own("ancestor", model_path, runs)
+    second = durations_in_a_process_of_their_own("ours", model_path, runs - runs // 2)
+    ours = first["durations"] + second["durations"]
     figures = {
-        "seed_p50_ms": round(percentile_ms(ancestor, 50), 3),
-        "seed_p99_ms": round(percentile_ms(ancestor, 99), 3),
+        "seed_p50_ms": round(percentile_ms(ancestor["durations"], 50), 3),
+        "seed_p99_ms": round(percentile_ms(ancestor["durations"], 99), 3),
         "ours_p50_ms": round(percentile_ms(ours, 50), 3),
         "ours_p99_ms": round(percentile_ms(ours, 99), 3),
         "runs": runs,
-        "runtime": type(recognizer.network).__name__,
+        "runtime": first["runtime"],
+        "ours_imported_tensorflow": first["tensorflow_imported"] or second["tensorflow_imported"],
     }
     figures["speedup_p50"] = round(figures["seed_p50_ms"] / figures["ours_p50_ms"], 1)
     return figures
@@ -227,9 +239,14 @@ def main() -> int:
     parser.add_argument("--drawings", type=int, default=20)
     parser.add_argument("--model", type=Path, default=None, help="the .tflite model (default: the shipped one)")
     parser.add_argument("--in-process-only", action="store_true")
+    parser.add_argument("--measure", choices=("ours", "ancestor"), default=None,
+                        help="time one path in this process and print its durations (used by the run itself)")
     arguments = parser.parse_args()
+    if arguments.measure is not None:
+        print(json.dumps(measured_durations(arguments.measure, arguments.model, arguments.runs)))
+        return 0
     mnist = load_mnist()
-    figures = in_process_figures(arguments.model, arguments.runs, mnist)
+    figures = in_process_figures(arguments.model, arguments.runs)
     print(f"ancestor path: p50 {figures['seed_p50_ms']:.2f} ms, p99 {figures['seed_p99_ms']:.2f} ms")
     print(f"our path:      p50 {figures['ours_p50_ms']:.3f} ms, p99 {figures['ours_p99_ms']:.3f} ms "
           f"({figures['speedup_p50']}x)")
