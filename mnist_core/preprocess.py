@@ -9,13 +9,17 @@ one such image per digit, read left to right.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from mnist_core.decode_budget import DECODE_BUDGET, PixelBudget
 
 MODEL_SIDE = 28
 DIGIT_BOX_SIDE = 20
@@ -76,31 +80,68 @@ def load_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     """Decode a file path, encoded bytes or a PIL image, refusing oversized images."""
     if isinstance(source, Image.Image):
         return source
+    with _decode_errors():
+        return _decoded(_opened(source))
+
+
+@contextlib.contextmanager
+def decoded_image(source: str | os.PathLike | bytes | Image.Image,
+                  budget: PixelBudget = DECODE_BUDGET) -> Iterator[Image.Image]:
+    """`load_image` within the process's decode budget, held until the caller's block ends.
+
+    The header gives the size before any pixel is decoded, so a picture waits for room in
+    the budget first; the caller drops the full-size image (keeping only what it found at
+    working size) before leaving the block.
+    """
+    if isinstance(source, Image.Image):
+        yield source
+        return
+    with _decode_errors():
+        image = _opened(source)
+    width, height = image.size
+    with budget.hold(width * height):
+        with _decode_errors():
+            image = _decoded(image)
+        yield image
+
+
+def _opened(source: str | os.PathLike | bytes) -> Image.Image:
+    """The picture's header read and its size checked; no pixel decoded yet."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError("The image is empty (0 bytes).")
+        image = Image.open(io.BytesIO(bytes(source)))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(f"No such file: {path}.")
+        image = Image.open(path)
+    width, height = image.size
+    if width * height > MAX_INPUT_PIXELS:
+        raise ImageDecodeError(
+            f"The image is {width}x{height} pixels; the limit is "
+            f"{MAX_INPUT_PIXELS:,} pixels.")
+    if max(width, height) > MAX_INPUT_SIDE:
+        raise ImageDecodeError(
+            f"The image is {width}x{height} pixels; neither side may be longer than "
+            f"{MAX_INPUT_SIDE:,} pixels.")
+    return image
+
+
+def _decoded(image: Image.Image) -> Image.Image:
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    # Reading it here turns a truncated file into an error now, not later.
+    image.load()
+    # Photos from phones carry their rotation in EXIF.
+    return ImageOps.exif_transpose(image)
+
+
+@contextlib.contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Pillow's many failures as one ImageDecodeError with a sentence."""
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if len(source) == 0:
-                raise ImageDecodeError("The image is empty (0 bytes).")
-            image = Image.open(io.BytesIO(bytes(source)))
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise ImageDecodeError(f"No such file: {path}.")
-            image = Image.open(path)
-        width, height = image.size
-        if width * height > MAX_INPUT_PIXELS:
-            raise ImageDecodeError(
-                f"The image is {width}x{height} pixels; the limit is "
-                f"{MAX_INPUT_PIXELS:,} pixels.")
-        if max(width, height) > MAX_INPUT_SIDE:
-            raise ImageDecodeError(
-                f"The image is {width}x{height} pixels; neither side may be longer than "
-                f"{MAX_INPUT_SIDE:,} pixels.")
-        if image.mode in ("P", "PA"):
-            image = image.convert("RGBA")
-        # Reading it here turns a truncated file into an error now, not later.
-        image.load()
-        # Photos from phones carry their rotation in EXIF.
-        return ImageOps.exif_transpose(image)
+        yield
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as error:

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from mnist_core.preprocess import (INK_MASK_LEVEL, MAX_DIGITS, MODEL_SIDE, DigitBox,
-                                   ink_map, load_image, normalise_digit)
+                                   decoded_image, ink_map, normalise_digit)
 
 # A run of more atoms than this is never one digit.
 MAX_ATOMS_PER_DIGIT = 4
@@ -450,13 +450,18 @@ def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Se
     from PIL import Image
 
     if isinstance(image, (str, bytes, bytearray, memoryview)) or hasattr(image, "__fspath__"):
-        image = load_image(image)
-    if isinstance(image, Image.Image):
-        original_height = image.size[1]
+        # Decoded within the process's decode budget; only the ink at working size is kept.
+        with decoded_image(image) as picture:
+            original_height = picture.size[1]
+            ink = ink_map(picture)
+        del picture
     else:
-        image = np.asarray(image)
-        original_height = image.shape[0] if image.ndim >= 2 else 0
-    ink = ink_map(image)
+        if isinstance(image, Image.Image):
+            original_height = image.size[1]
+        else:
+            image = np.asarray(image)
+            original_height = image.shape[0] if image.ndim >= 2 else 0
+        ink = ink_map(image)
     scale_back = original_height / ink.shape[0] if ink.shape[0] else 1.0
     mask = ink >= INK_MASK_LEVEL
     found = [_segmentation(ink, mask, _atoms(mask), scale_back)]
