@@ -552,6 +552,9 @@ def test_every_cassandra_node_is_limited_checked_and_stored_on_a_named_volume(pr
         assert environment.get("MAX_HEAP_SIZE") and environment.get("HEAP_NEWSIZE"), name
         heap = interpolate(environment["MAX_HEAP_SIZE"], {})
         assert re.fullmatch(r"\d+[MG]", heap), heap
+        limit = interpolate(node.get("mem_limit", ""), {})
+        assert re.fullmatch(r"\d+[mg]", limit), f"{name}: a memory limit"
+        assert _megabytes(limit) >= _megabytes(heap) + 512, f"{name}: the limit leaves room beyond the heap"
         volumes.add(named_volume_target(node, "/var/lib/cassandra", project))
         assert node.get("restart") == "unless-stopped", name
         assert node["entrypoint"] == ["bash", "/deploy/cassandra-entrypoint.sh"], name
@@ -560,6 +563,20 @@ def test_every_cassandra_node_is_limited_checked_and_stored_on_a_named_volume(pr
         assert check["test"][:3] == ["CMD", "bash", "/deploy/cql-answers.sh"], name
         assert check.get("retries", 0) >= 3 and check.get("start_period"), name
     assert len(volumes) == len(nodes), "Every node needs its own data volume."
+
+
+def _megabytes(size: str) -> int:
+    return int(size[:-1]) * (1024 if size[-1].lower() == "g" else 1)
+
+
+@pytest.mark.parametrize("project_loader", [single_node_project, cluster_project], ids=["single", "cluster"])
+def test_the_app_has_a_memory_limit_above_its_decode_budget(project_loader) -> None:
+    from mnist_core.decode_budget import DECODE_BUDGET_PIXELS
+
+    limit = interpolate(project_loader()["services"]["app"].get("mem_limit", ""), {})
+    assert re.fullmatch(r"\d+[mg]", limit), "the app needs a memory limit"
+    # About 220 MB at rest, and the budget's pixels decoded as RGBA.
+    assert _megabytes(limit) >= 256 + DECODE_BUDGET_PIXELS * 4 // 2**20
 
 
 def test_deploy_scripts_named_by_the_compose_files_exist_and_are_bash() -> None:
