@@ -35,6 +35,8 @@ DEFAULT_STROKE_WIDTH = 18
 CLICK_GRACE_SECONDS = 0.4
 STROKE_WAIT_SECONDS = 1.5
 STROKE_POLL_SECONDS = 0.1
+# A click still waiting this long after it was made belongs to a visit that left the page.
+STALE_CLICK_SECONDS = 5.0
 DIGIT_CHOICES = list(range(10))
 
 
@@ -138,7 +140,15 @@ def store_shown_reading() -> None:
 
 
 def read_and_store(image, *, source: str) -> None:
-    """Read one picture (an upload) through mnist_core, store it, and keep the result for rendering."""
+    """Read one picture (an upload) through mnist_core, store it, and keep the result for rendering.
+
+    The canvas's reading on screen, if not stored yet (live, or a click within its grace), is
+    stored first: an upload moves on from it as Clear does.
+    """
+    if is_unstored(st.session_state.draw_result):
+        store_shown_reading()
+    st.session_state.draw_predicted_signature = None
+    st.session_state.draw_pending_since = None
     result = readings.predict_and_store(
         image, source=source, recognizer=resources.recognizer_resource(), store=resources.store_resource()
     )
@@ -170,6 +180,12 @@ def handle_canvas(image: np.ndarray | None, *, live: bool, strokes=None) -> None
     """Read the canvas picture when asked (or live, as it changes); storing comes after the answer (finish_prediction)."""
     signature = picture_signature(image)
     pending_since = st.session_state.draw_pending_since
+    if pending_since is not None and time.monotonic() - pending_since > STALE_CLICK_SECONDS:
+        # The person left the page during the wait: the click's reading is stored now, and the
+        # canvas they come back to is not taken for a blank answer.
+        st.session_state.draw_pending_since = pending_since = None
+        if is_unstored(st.session_state.draw_result):
+            store_shown_reading()
     if pending_since is None:
         if live and has_ink(image) and signature != st.session_state.draw_predicted_signature:
             st.session_state.draw_predicted_signature = signature

@@ -78,13 +78,17 @@ def main(arguments: list[str] | None = None) -> int:
     from mnist_core.inference import load_recognizer
     from mnist_core.settings import get_settings
 
-    model_path = parsed.model or get_settings().model_path
-    if parsed.keras:
-        model_path = model_path.with_suffix(".keras")
     try:
+        model_path = parsed.model or get_settings().model_path
+        if parsed.keras:
+            model_path = model_path.with_suffix(".keras")
         recognizer = load_recognizer(model_path)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ImportError as error:
+        print(f"error: --keras needs TensorFlow, which only training installs (requirements-train.txt): {error}",
+              file=sys.stderr)
         return 2
     return predict_files(parsed.files, recognizer)
 

@@ -4,12 +4,13 @@ A 2 MB upload can hold a 40-megapixel picture: about 160 MB once decoded, more w
 converts it. The server reads every request on a thread of its own, so 28 such uploads at
 once took 5-9 GB. Each decode of an encoded picture holds its pixel count from this budget
 until its full-size image is dropped (once the ink is found at working size); a decode that
-does not fit waits for others to finish. One picture larger than the whole budget still
-goes, alone.
+does not fit waits for others to finish, in order of arrival. One picture larger than the
+whole budget still goes, alone.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -28,14 +29,25 @@ class PixelBudget:
         self._in_use = 0
         self._holders = 0
         self._changed = threading.Condition()
+        self._waiting: collections.deque = collections.deque()
         # The most pixels ever held at once (for tests and diagnostics).
         self.peak = 0
 
     @contextlib.contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
+        """Wait for room, first come first served (a large picture is not passed by small ones
+        for ever), then hold `pixels` until the block ends."""
         pixels = max(int(pixels), 0)
+        ticket = object()
         with self._changed:
-            self._changed.wait_for(lambda: self._holders == 0 or self._in_use + pixels <= self.limit)
+            self._waiting.append(ticket)
+            try:
+                self._changed.wait_for(lambda: self._waiting[0] is ticket and (
+                    self._holders == 0 or self._in_use + pixels <= self.limit))
+            finally:
+                self._waiting.remove(ticket)
+                # The next in line may fit now as well.
+                self._changed.notify_all()
             self._in_use += pixels
             self._holders += 1
             self.peak = max(self.peak, self._in_use)

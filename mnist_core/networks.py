@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +32,36 @@ class ModelFileError(ValueError):
     """A model file is missing or is not a model this project can run."""
 
 
+_first_interpreter_lock = threading.Lock()
+_first_interpreter_made = False
+
+
 @contextlib.contextmanager
-def _native_stderr_silenced():
-    """Drop what native code writes to stderr for the duration (LiteRT announces its XNNPACK
-    delegate with an INFO line no setting turns off)."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+def _first_interpreter_quiet():
+    """Drop what native code writes to stderr while the process's first interpreter is made.
+
+    LiteRT announces its XNNPACK delegate once per process with an INFO line that no setting
+    turns off. Redirecting file descriptor 2 is process-wide, so it is done once, under a lock,
+    for the few milliseconds of that first construction (before the server takes requests).
+    """
+    global _first_interpreter_made
+    with _first_interpreter_lock:
+        if _first_interpreter_made:
+            yield
+            return
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to silence
+            yield
+            return
+        try:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+            yield
+            _first_interpreter_made = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class LiteRtNetwork:
@@ -71,7 +86,7 @@ class LiteRtNetwork:
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         try:
             # The first interpreter announces its delegate on stderr; later ones do not.
-            with _native_stderr_silenced():
+            with _first_interpreter_quiet():
                 interpreter = self._new_interpreter()
         except (ValueError, RuntimeError) as error:
             raise ModelFileError(f"{self.path} is not a LiteRT model: {error}") from error

@@ -90,6 +90,10 @@ def _refuse_cross_site(request: Request) -> None:
     origin = request.headers.get("origin", "").strip()
     if fetch_site in ("cross-site", "same-site"):
         raise RequestProblem(403, "Requests from other web sites are refused; call the API from a script or this app.")
+    if fetch_site in ("same-origin", "none"):
+        # The browser's own verdict; the Origin comparison below could be fooled by a proxy that
+        # terminates TLS or rewrites Host, and is only for browsers that do not send this header.
+        return
     if origin and origin.lower() != "null":
         own = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
         if origin.rstrip("/").lower() != own:

@@ -96,3 +96,14 @@ def test_a_model_file_that_is_not_a_model_is_one_sentence_and_exit_2(tmp_path):
     assert completed.returncode == 2
     assert completed.stderr.startswith("error: ") and "not a LiteRT model" in completed.stderr
     assert "Traceback" not in completed.stderr and completed.stdout == ""
+
+
+def test_a_bad_setting_is_one_sentence_and_exit_2(tmp_path, mnist):
+    path = tmp_path / "seven.png"
+    Image.fromarray(mnist.test_images[0]).save(path)
+    completed = subprocess.run([sys.executable, "-m", "mnist_core", "predict", str(path)], cwd=REPOSITORY_ROOT,
+                               capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "MNIST_CONFIDENCE_THRESHOLD": "2"})
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: ") and "MNIST_CONFIDENCE_THRESHOLD" in completed.stderr
+    assert "Traceback" not in completed.stderr

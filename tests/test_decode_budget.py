@@ -72,3 +72,32 @@ def test_pictures_read_from_many_threads_stay_within_the_budget(monkeypatch):
     assert not failures and len(results) == 8 and all(count >= 1 for count in results)
     assert side * side <= budget.peak <= 2.5 * side * side
     assert budget.in_use == 0
+
+
+def test_a_large_picture_is_not_passed_for_ever_by_small_ones():
+    budget = PixelBudget(100)
+    order = []
+    small_holding = threading.Event()
+    release = threading.Event()
+
+    def holder(name: str, pixels: int, wait_for: threading.Event | None = None):
+        with budget.hold(pixels):
+            order.append(name)
+            if wait_for is not None:
+                small_holding.set()
+                wait_for.wait(5)
+
+    first = threading.Thread(target=holder, args=("small-1", 30, release))
+    first.start()
+    small_holding.wait(5)
+    large = threading.Thread(target=holder, args=("large", 90))
+    large.start()
+    time.sleep(0.1)
+    late_small = threading.Thread(target=holder, args=("small-2", 30))  # would fit beside small-1
+    late_small.start()
+    time.sleep(0.2)
+    assert order == ["small-1"], "the later small picture waits behind the large one"
+    release.set()
+    for thread in (first, large, late_small):
+        thread.join(5)
+    assert order == ["small-1", "large", "small-2"]

@@ -211,3 +211,39 @@ def test_clear_stores_a_live_answer_not_saved_yet(app_settings, fake_canvas, dra
     assert not app.exception, app.exception
     assert not app.metric
     assert [record.digit for record in new_records(app_settings, known)] == [label]
+
+
+def test_an_upload_stores_the_live_answer_it_moves_on_from(app_settings, fake_canvas, drawn_digit, mnist):
+    picture, label = drawn_digit
+    uploaded = redraw(mnist.test_images[3], "fill", np.random.default_rng(3))
+    buffer = io.BytesIO()
+    Image.fromarray(uploaded).save(buffer, format="PNG")
+    app = draw_page()
+    known = {record.id for record in stored_records(app_settings)}
+    app.toggle(key="draw_live").set_value(True).run()
+    fake_canvas.picture = picture
+    app.run()
+    assert new_records(app_settings, known) == []
+
+    app.file_uploader(key="draw_upload_0").upload("digit.png", buffer.getvalue(), mime_type="image/png").run()
+    assert not app.exception, app.exception
+    stored = new_records(app_settings, known)
+    assert sorted(record.source for record in stored) == ["canvas", "upload"]
+    assert next(record for record in stored if record.source == "canvas").digit == label
+
+
+def test_a_click_left_waiting_by_a_visit_that_went_elsewhere_is_stored_on_return(app_settings, fake_canvas, drawn_digit):
+    import time
+
+    picture, label = drawn_digit
+    app = draw_page()
+    known = {record.id for record in stored_records(app_settings)}
+    app.toggle(key="draw_live").set_value(True).run()
+    fake_canvas.picture = picture
+    app.run()  # a reading on screen, not stored yet
+    app.session_state["draw_pending_since"] = time.monotonic() - 60  # clicked, then left for another page
+    fake_canvas.picture = None  # the canvas the person comes back to
+    app.run()
+    assert not app.exception, app.exception
+    assert [record.digit for record in new_records(app_settings, known)] == [label]
+    assert not any(message.value == "Draw a digit first." for message in app.info)

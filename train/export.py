@@ -17,9 +17,9 @@ def litert_path(keras_path: Path) -> Path:
     return Path(keras_path).with_suffix(".tflite")
 
 
-def export_litert(keras_path: Path) -> Path:
-    """Convert the `.keras` model to `<same name>.tflite` (float32, no quantisation) and
-    record both files in its model card; returns the `.tflite` path."""
+def export_litert(keras_path: Path, *, record: bool = True) -> Path:
+    """Convert the `.keras` model to `<same name>.tflite` (float32, no quantisation) and, with
+    `record`, write both files' hashes into its model card; returns the `.tflite` path."""
     import tensorflow as tf
 
     from mnist_core.model import load_model
@@ -28,7 +28,8 @@ def export_litert(keras_path: Path) -> Path:
     converter = tf.lite.TFLiteConverter.from_keras_model(load_model(keras_path))
     exported = litert_path(keras_path)
     exported.write_bytes(converter.convert())
-    record_model_files(keras_path)
+    if record:
+        record_model_files(keras_path)
     return exported
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from mnist_core import model as model_module
 from mnist_core.datasets import MnistSplits, load_mnist
-from train.export import export_litert
+from train.export import export_litert, record_model_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +210,11 @@ def train(options: TrainingOptions, data: MnistSplits | None = None) -> dict:
     shipped = model_module.build_model(options.architecture)
     shipped.set_weights(network.get_weights())
     shipped.save(output)
+    # What the product serves: the same network as a LiteRT flatbuffer, made before the card is
+    # written (a failed export leaves no card describing a model that is not served).
+    served = export_litert(output, record=False)
     model_card_path(output).write_text(json.dumps(card, indent=1) + "\n")
-    # What the product serves: the same network as a LiteRT flatbuffer, both files in the card.
-    served = export_litert(output)
+    record_model_files(output)
     if options.architecture != "baseline":
         return record_product_test_figures(served, data)
     return json.loads(model_card_path(output).read_text())
