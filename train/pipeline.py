@@ -24,7 +24,7 @@ from train.export import export_litert, record_model_files
 @dataclasses.dataclass(frozen=True)
 class TrainingOptions:
     architecture: str = "default"
-    epochs: int = 10
+    epochs: int = 9
     seed: int = 2019
     output: Path = Path("models/mnist_cnn.keras")
     data_source: str = "auto"
@@ -39,7 +39,7 @@ class TrainingOptions:
     # non-digit drawings as a share of the whole training set.
     canvas_passes: int = 2
     mnist_passes: int = 2
-    non_digit_share: float = 0.12
+    non_digit_share: float = 0.1
     # Numbers (1 to 5 digits) composed from the training digits, whose segmentation
     # candidates are added to the training pictures (see train/number_candidates.py).
     numbers: int = 12_000
