@@ -57,8 +57,7 @@ def init_state() -> None:
 
 def clear_canvas() -> None:
     """Clear: a reading shown live and not stored yet is stored first (the person moves on)."""
-    if is_unstored(st.session_state.draw_result):
-        store_shown_reading()
+    store_shown_reading()
     st.session_state.draw_canvas_generation += 1
     st.session_state.draw_result = None
     st.session_state.draw_message = None
@@ -116,19 +115,26 @@ def is_unstored(result: readings.StoredReading | None) -> bool:
     return result is not None and result.record is None
 
 
+def keep_result(result: readings.StoredReading) -> None:
+    """What the answer column renders: a reading with digits, or why there is none."""
+    if result.reading.has_digits:
+        st.session_state.draw_result = result
+        st.session_state.draw_message = None
+    else:
+        st.session_state.draw_result = None
+        st.session_state.draw_message = "not_a_digit" if result.reading.is_not_a_digit else "blank"
+
+
 def show_reading(image, *, strokes=None) -> None:
     """Read the canvas picture and put its answer on the page, storing nothing yet."""
     reading = resources.recognizer_resource().read(image, strokes=strokes)
-    if not reading.has_digits:
-        st.session_state.draw_result = None
-        st.session_state.draw_message = "not_a_digit" if reading.is_not_a_digit else "blank"
-        return
-    st.session_state.draw_result = readings.StoredReading(reading=reading, record=None, outcome=None)
-    st.session_state.draw_message = None
+    keep_result(readings.StoredReading(reading=reading, record=None, outcome=None))
 
 
 def store_shown_reading() -> None:
-    """Store the reading on screen (once) and say where it went."""
+    """Store the reading on screen if it is not stored yet, and say where it went."""
+    if not is_unstored(st.session_state.draw_result):
+        return
     result = readings.store_reading(
         st.session_state.draw_result.reading,
         source="canvas",
@@ -145,20 +151,15 @@ def read_and_store(image, *, source: str) -> None:
     The canvas's reading on screen, if not stored yet (live, or a click within its grace), is
     stored first: an upload moves on from it as Clear does.
     """
-    if is_unstored(st.session_state.draw_result):
-        store_shown_reading()
+    store_shown_reading()
     st.session_state.draw_predicted_signature = None
     st.session_state.draw_pending_since = None
     result = readings.predict_and_store(
         image, source=source, recognizer=resources.recognizer_resource(), store=resources.store_resource()
     )
-    if not result.reading.has_digits:
-        st.session_state.draw_result = None
-        st.session_state.draw_message = "not_a_digit" if result.reading.is_not_a_digit else "blank"
-        return
-    st.session_state.draw_result = result
-    st.session_state.draw_message = None
-    show_toast(result.outcome)
+    keep_result(result)
+    if result.outcome is not None:
+        show_toast(result.outcome)
 
 
 def rerun_drawing_after(seconds: float) -> None:
@@ -184,8 +185,7 @@ def handle_canvas(image: np.ndarray | None, *, live: bool, strokes=None) -> None
         # The person left the page during the wait: the click's reading is stored now, and the
         # canvas they come back to is not taken for a blank answer.
         st.session_state.draw_pending_since = pending_since = None
-        if is_unstored(st.session_state.draw_result):
-            store_shown_reading()
+        store_shown_reading()
     if pending_since is None:
         if live and has_ink(image) and signature != st.session_state.draw_predicted_signature:
             st.session_state.draw_predicted_signature = signature
@@ -218,8 +218,7 @@ def finish_prediction(image: np.ndarray | None) -> None:
     if waited < CLICK_GRACE_SECONDS:
         rerun_drawing_after(CLICK_GRACE_SECONDS - waited)
     st.session_state.draw_pending_since = None
-    if is_unstored(st.session_state.draw_result):
-        store_shown_reading()
+    store_shown_reading()
 
 
 def upload_ui() -> None:

@@ -227,16 +227,6 @@ def browser_figures(base_url: str, mnist, drawings: int) -> dict:
             "drawings_read_right": sum(text.startswith(str(label)) for label, text in answers)}
 
 
-def drop_keyspace(keyspace: str) -> None:
-    from cassandra.cluster import Cluster
-
-    cluster = Cluster(["127.0.0.1"])
-    try:
-        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
-    finally:
-        cluster.shutdown()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
@@ -282,6 +272,8 @@ def main() -> int:
                             server.kill()
                             server.wait(timeout=30)
             finally:
+                from tests.conftest import drop_keyspace
+
                 drop_keyspace(keyspace)
             log_tail = (Path(directory) / "restart.log").read_text()[-2000:]
         # What the restarted server printed (nothing, when start-up is clean).

@@ -90,8 +90,8 @@ class LiteRtNetwork:
                 interpreter = self._new_interpreter()
         except (ValueError, RuntimeError) as error:
             raise ModelFileError(f"{self.path} is not a LiteRT model: {error}") from error
-        input_details = interpreter.get_input_details()[0]
-        output_details = interpreter.get_output_details()[0]
+        input_details = interpreter.interpreter.get_input_details()[0]
+        output_details = interpreter.interpreter.get_output_details()[0]
         if tuple(input_details["shape_signature"][1:]) != (28, 28, 1):
             raise ModelFileError(f"{self.path} does not take 28x28 pictures.")
         self.output_classes = int(output_details["shape_signature"][-1])
@@ -112,8 +112,6 @@ class LiteRtNetwork:
         except queue.Empty:
             interpreter = self._new_interpreter()
         try:
-            if len(images) <= LITERT_BATCH_SIZE:
-                return interpreter.run(images)
             return np.concatenate([interpreter.run(images[start:start + LITERT_BATCH_SIZE])
                                    for start in range(0, len(images), LITERT_BATCH_SIZE)])
         finally:
@@ -130,12 +128,6 @@ class _Interpreter:
         self.input_index = input_details["index"]
         self.output_index = interpreter.get_output_details()[0]["index"]
         self.batch_size = int(input_details["shape"][0])
-
-    def get_input_details(self):
-        return self.interpreter.get_input_details()
-
-    def get_output_details(self):
-        return self.interpreter.get_output_details()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) != self.batch_size:

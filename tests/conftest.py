@@ -65,7 +65,8 @@ def cassandra_node() -> Iterator[str]:
         stop_node()
 
 
-def _drop_keyspace(keyspace: str) -> None:
+def drop_keyspace(keyspace: str) -> None:
+    """DROP KEYSPACE IF EXISTS through a plain driver session (tests and benchmarks clean up with it)."""
     cluster = plain_cluster()
     try:
         cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
@@ -80,7 +81,7 @@ def module_keyspace(cassandra_node: str, request: pytest.FixtureRequest) -> Iter
     keyspace = f"test_{module_name}_{uuid.uuid4().hex[:10]}"
     yield keyspace
     with contextlib.suppress(Exception):
-        _drop_keyspace(keyspace)
+        drop_keyspace(keyspace)
 
 
 @pytest.fixture

@@ -172,6 +172,19 @@ def new_records(settings, known_ids: set) -> list:
     return [record for record in stored_records(settings) if record.id not in known_ids]
 
 
+def live_answer_on_screen(settings, fake_canvas, picture):
+    """The Draw page with "Predict as I draw" on and the picture's answer shown, not stored yet;
+    and the ids stored before it."""
+    app = draw_page()
+    known = {record.id for record in stored_records(settings)}
+    app.toggle(key="draw_live").set_value(True).run()
+    fake_canvas.picture = picture
+    app.run()  # the canvas sent a picture
+    assert app.metric, "a live answer is on screen"
+    assert new_records(settings, known) == [], "a live answer stores nothing"
+    return app, known
+
+
 def test_predict_as_i_draw_answers_each_picture_and_stores_the_drawing_once_on_predict(app_settings, fake_canvas, mnist):
     first, second = (redraw(mnist.test_images[index], "fill", np.random.default_rng(index)) for index in (1, 2))
     labels = [int(mnist.test_labels[index]) for index in (1, 2)]
@@ -199,12 +212,7 @@ def test_predict_as_i_draw_answers_each_picture_and_stores_the_drawing_once_on_p
 
 def test_clear_stores_a_live_answer_not_saved_yet(app_settings, fake_canvas, drawn_digit):
     picture, label = drawn_digit
-    app = draw_page()
-    known = {record.id for record in stored_records(app_settings)}
-    app.toggle(key="draw_live").set_value(True).run()
-    fake_canvas.picture = picture
-    app.run()
-    assert new_records(app_settings, known) == []
+    app, known = live_answer_on_screen(app_settings, fake_canvas, picture)
 
     fake_canvas.picture = None  # Clear gives a new, empty canvas
     app.button(key="draw_clear").click().run()
@@ -218,12 +226,7 @@ def test_an_upload_stores_the_live_answer_it_moves_on_from(app_settings, fake_ca
     uploaded = redraw(mnist.test_images[3], "fill", np.random.default_rng(3))
     buffer = io.BytesIO()
     Image.fromarray(uploaded).save(buffer, format="PNG")
-    app = draw_page()
-    known = {record.id for record in stored_records(app_settings)}
-    app.toggle(key="draw_live").set_value(True).run()
-    fake_canvas.picture = picture
-    app.run()
-    assert new_records(app_settings, known) == []
+    app, known = live_answer_on_screen(app_settings, fake_canvas, picture)
 
     app.file_uploader(key="draw_upload_0").upload("digit.png", buffer.getvalue(), mime_type="image/png").run()
     assert not app.exception, app.exception
@@ -236,11 +239,7 @@ def test_a_click_left_waiting_by_a_visit_that_went_elsewhere_is_stored_on_return
     import time
 
     picture, label = drawn_digit
-    app = draw_page()
-    known = {record.id for record in stored_records(app_settings)}
-    app.toggle(key="draw_live").set_value(True).run()
-    fake_canvas.picture = picture
-    app.run()  # a reading on screen, not stored yet
+    app, known = live_answer_on_screen(app_settings, fake_canvas, picture)
     app.session_state["draw_pending_since"] = time.monotonic() - 60  # clicked, then left for another page
     fake_canvas.picture = None  # the canvas the person comes back to
     app.run()
