@@ -29,7 +29,7 @@ VOLUME ["/data"]
 
 # Only what the app reads at run time; .dockerignore keeps everything else out of the context.
 COPY .streamlit/config.toml .streamlit/config.toml
-COPY models/mnist_cnn.tflite models/mnist_cnn.card.json models/
+COPY models/mnist_cnn.tflite models/mnist_cnn.card.json models/number_reader.tflite models/number_reader.card.json models/
 COPY mnist_core/ mnist_core/
 COPY dashboard/ dashboard/
 COPY app_pages/ app_pages/

@@ -47,6 +47,27 @@ def real_handwriting_ui(card: dict) -> None:
     )
 
 
+def number_reader_ui(number_reader) -> None:
+    """The second model, which reads a drawing of several digits as one line of writing."""
+    if number_reader is None:
+        st.caption("No number reader next to the model: numbers are read by cutting the ink into digits alone.")
+        return
+    card = number_reader.model_card
+    exact, parameters, training = st.columns(3)
+    if "validation_exact" in card:
+        exact.metric("Validation numbers read exactly", f"{card['validation_exact']:.1%}", border=True)
+    parameters.metric("Number reader parameters", f"{card.get('parameter_count', 0):,}", border=True)
+    if "training_seconds" in card:
+        training.metric("Number reader training time", f"{card['training_seconds'] / 60:.1f} min", border=True)
+    st.caption(
+        f"Version `{number_reader.model_version}`: a convolutional sequence model trained with CTC on numbers "
+        f"of 1 to 6 digits composed from MNIST training digits (validation: numbers from MNIST's validation "
+        f"digits). When the digit model reads a drawing as several digits, or its ink is wide enough to hold "
+        f"several, the number reader reads the whole line too, and its reading wins when it disagrees and "
+        f"is sure. Train it with `python -m train.number_reader`."
+    )
+
+
 def training_setup_ui(card: dict) -> None:
     """Architecture and the hyperparameters the card recorded, as a small table."""
     setup_keys = [
@@ -76,6 +97,8 @@ st.caption(f"Model version `{recognizer.model_version}`")
 facts_ui(card)
 st.subheader("Real handwriting")
 real_handwriting_ui(card)
+st.subheader("Number reader")
+number_reader_ui(recognizer.number_reader)
 setup_column, classes_column = st.columns(2)
 with setup_column:
     st.subheader("Architecture and training")

@@ -106,6 +106,8 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--non-digits-per-kind", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None, help="use the first N digits only")
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--without-number-reader", action="store_true",
+                        help="read with the digit model alone, as before the number reader")
     parser.add_argument("--write-card", action="store_true",
                         help="record the headline figures in the model's card (full runs only)")
     parsed = parser.parse_args(arguments)
@@ -117,8 +119,15 @@ def main(arguments: list[str] | None = None) -> int:
     if parsed.limit:
         digits = digits[:parsed.limit]
     recognizer = load_recognizer(parsed.model)
+    if parsed.without_number_reader:
+        if parsed.write_card:
+            print("error: the card records the product as served, with its number reader",
+                  file=sys.stderr)
+            return 2
+        recognizer.number_reader = None
     started = time.perf_counter()
-    figures: dict = {"model_version": recognizer.model_version, "digits": len(digits)}
+    figures: dict = {"model_version": recognizer.model_version, "digits": len(digits),
+                     "number_reader": recognizer.number_reader is not None}
     for placement in PLACEMENTS:
         result = digit_figures(recognizer, digits, placement)
         figures[f"dev_{placement}"] = result
@@ -154,6 +163,7 @@ def write_card(recognizer, figures: dict, digits) -> None:
     card_path = Path(recognizer.model_path).with_suffix(".card.json")
     card = json.loads(card_path.read_text())
     card["real_handwriting"] = {
+        "read_as": recognizer.model_version,
         "dev_digits": len(digits),
         "dev_writers": len({digit.writer for digit in digits}),
         "dev_fit_accuracy": round(figures["dev_fit"]["accuracy"], 4),

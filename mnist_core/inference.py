@@ -8,13 +8,13 @@ grouping wins, and a drawing whose digits are mostly "not a digit" is refused.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from mnist_core.networks import load_network
+from mnist_core.networks import card_beside, load_network
+from mnist_core.number_reading import NumberReader
 from mnist_core.preprocess import DigitBox
 from mnist_core.segmentation import Segmentation, segmentations
 
@@ -27,6 +27,15 @@ NOT_A_DIGIT = 10
 REFUSAL_RATIO = 1.5
 # Probabilities are never exactly 0 in the log.
 LOG_FLOOR = 1e-9
+# The number reader (mnist_core.number_reading) is asked about drawings read as several digits
+# and about ink at least this many times as wide as tall (two digits side by side, even merged
+# into one piece, are wider than most lone digits); it replaces the digit CNN's reading when it
+# reads two or more digits, disagrees, and its best path is at least this likely.
+NUMBER_READER_ASPECT = 0.9
+NUMBER_READER_SURE = 0.5
+NUMBER_READER_SURE_OVER_REFUSAL = 0.9
+# The number reader's file, next to the digit model's.
+NUMBER_READER_FILE = "number_reader.tflite"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +59,8 @@ class Reading:
     not_a_digit_probability: float = 0.0
     # The chosen grouping's total log-score (see Segmentation.best_grouping).
     grouping_score: float = 0.0
+    # The digits are the number reader's, which read the drawing as one line.
+    read_by_number_reader: bool = False
 
     @property
     def is_blank(self) -> bool:
@@ -100,20 +111,31 @@ class Recognizer:
     """A loaded network with its version and model card; thread-safe for reading."""
 
     def __init__(self, network, *, model_version: str = "unknown", model_card: dict | None = None,
-                 model_path: Path | None = None):
+                 model_path: Path | None = None, number_reader: NumberReader | None = None):
         self.network = network
+        self.number_reader = number_reader
         self.model_path = model_path
-        self.model_version = model_version
+        self.digit_model_version = model_version
         self.model_card = model_card or {}
+
+    @property
+    def model_version(self) -> str:
+        """What every reading records: the digit model's version, and the number reader's when
+        one is used (a reading may depend on both)."""
+        if self.number_reader is None:
+            return self.digit_model_version
+        return f"{self.digit_model_version}+{self.number_reader.model_version}"
 
     @classmethod
     def from_path(cls, path: str | Path) -> "Recognizer":
-        """The model in `path` (.tflite on LiteRT, .keras on TensorFlow) with the card beside it."""
+        """The model in `path` (.tflite on LiteRT, .keras on TensorFlow) with the card beside it,
+        and the number reader when its file sits in the same folder."""
         path = Path(path)
-        card_path = path.with_suffix(".card.json")
-        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        card = card_beside(path)
+        reader_path = path.with_name(NUMBER_READER_FILE)
+        number_reader = NumberReader.from_path(reader_path) if reader_path.exists() else None
         return cls(load_network(path), model_version=card.get("model_version", path.stem),
-                   model_card=card, model_path=path)
+                   model_card=card, model_path=path, number_reader=number_reader)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) for model inputs (N, 28, 28) scaled 0..1."""
@@ -131,15 +153,25 @@ class Recognizer:
 
         `strokes`, the pen's paths in drawing order (the Draw page's canvas knows them), give
         a second segmentation, stroke by stroke, that tells apart digits whose ink overlaps;
-        the reading is whichever of the two groupings the model scores higher.
+        the reading is whichever of the two groupings the model scores higher, then checked
+        by the number reader (see `_checked_by_number_reader`).
         """
         started = time.perf_counter()
-        readings = self.read_segmented(segmentations(image, strokes))
-        reading = max(readings, key=lambda item: item.grouping_score)
+        found = segmentations(image, strokes)
+        readings = self._network_readings(found)
+        best = max(range(len(found)), key=lambda index: readings[index][0].grouping_score)
+        reading = self._checked_by_number_reader([readings[best]], [found[best]])[0]
         return dataclasses.replace(reading, latency_ms=(time.perf_counter() - started) * 1000)
 
     def read_segmented(self, segmentations: list[Segmentation]) -> list[Reading]:
-        """Read many segmented pictures with one model call over all their candidates.
+        """Read many segmented pictures with one model call over all their candidates (and
+        one number-reader call over the lines it checks)."""
+        return self._checked_by_number_reader(self._network_readings(segmentations),
+                                              segmentations)
+
+    def _network_readings(self, segmentations: list[Segmentation]
+                          ) -> list[tuple[Reading, np.ndarray]]:
+        """Each picture's reading by the digit CNN, with its candidates' probabilities.
 
         The model scores every candidate digit; each picture's reading is the grouping its
         segmentation finds likeliest. If most digits of that grouping are more than
@@ -155,8 +187,57 @@ class Recognizer:
         for item in segmentations:
             probabilities = all_probabilities[position:position + len(item.candidates)]
             position += len(item.candidates)
-            readings.append(self._reading(item, probabilities, per_picture_ms))
+            readings.append((self._reading(item, probabilities, per_picture_ms), probabilities))
         return readings
+
+    def _checked_by_number_reader(self, readings: list[tuple[Reading, np.ndarray]],
+                                  segmentations: list[Segmentation]) -> list[Reading]:
+        """Readings the number reader, reading the whole line, reads as another number and is
+        sure of take its digits; the rest stay as they are.
+
+        It is asked about drawings that may hold more than one digit (read as two or more, or
+        ink at least NUMBER_READER_ASPECT times as wide as tall), read from their pixels (the
+        strokes, when known, already tell digits apart better than it can), and read as
+        digits or refused as not a digit: it also learnt to read nothing in scribbles, and a
+        number the digit CNN refused as a whole it may still read, if it is surer still.
+        A lone digit stays the digit CNN's to read.
+        """
+        final = [reading for reading, _ in readings]
+        if self.number_reader is None:
+            return final
+        asked = [index for index, ((reading, _), segmentation) in
+                 enumerate(zip(readings, segmentations))
+                 if segmentation.line is not None and not segmentation.by_strokes
+                 and (reading.has_digits or reading.is_not_a_digit)
+                 and (len(reading.digits) > 1 or segmentation.ink_aspect >= NUMBER_READER_ASPECT)]
+        if not asked:
+            return final
+        lines = self.number_reader.read_lines(np.stack([segmentations[index].line
+                                                        for index in asked]))
+        for index, line in zip(asked, lines):
+            reading, probabilities = readings[index]
+            sure = (NUMBER_READER_SURE_OVER_REFUSAL if reading.is_not_a_digit
+                    else NUMBER_READER_SURE)
+            if (not line.digits or line.text == reading.text
+                    or (len(line.digits) < 2 and len(reading.digits) < 2)
+                    or line.path_probability < sure):
+                continue
+            segmentation = segmentations[index]
+            digit_probability = probabilities[:, :NOT_A_DIGIT].max(axis=1)
+            # The model inputs and boxes of the digits: the segmentation's best grouping into
+            # as many digits as the number reader read (stored as what each digit looked like).
+            chosen, _ = segmentation.best_grouping(
+                np.log(np.maximum(digit_probability, LOG_FLOOR)), digit_count=len(line.digits))
+            if len(chosen) != len(line.digits):
+                continue
+            final[index] = dataclasses.replace(
+                reading, digits=tuple(DigitReading(digit=digit.digit, confidence=digit.confidence,
+                                                   probabilities=digit.probabilities)
+                                      for digit in line.digits),
+                model_inputs=segmentation.candidates[chosen],
+                boxes=tuple(segmentation.boxes[position] for position in chosen),
+                is_not_a_digit=False, read_by_number_reader=True)
+        return final
 
     @classmethod
     def _reading(cls, segmentation: Segmentation, probabilities: np.ndarray,

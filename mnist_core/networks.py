@@ -7,12 +7,15 @@ kernels reads one 28x28 picture in about 0.2 ms. The `.keras` file it was export
 still read by training, by the tests that check the two agree, and by the CLI's `--keras`
 check; only those import TensorFlow.
 
-Both classes take model inputs (N, 28, 28) scaled 0..1 and return probabilities (N, C).
+Both classes take model inputs scaled 0..1 ((N, 28, 28) for the digit CNN, (N, 24, 120) lines
+for the number reader) and return the network's outputs: probabilities (N, C) for the digit
+CNN, step scores (N, steps, C) for the number reader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import threading
@@ -26,6 +29,8 @@ KERAS_BATCH_SIZE = 512
 # Each interpreter computes on the calling thread only: one request never takes both cores,
 # and concurrent requests each get their own interpreter (see LiteRtNetwork).
 LITERT_THREADS = 1
+# What the digit CNN takes: one 28x28 grey picture.
+DIGIT_INPUT = (28, 28, 1)
 
 
 class ModelFileError(ValueError):
@@ -73,10 +78,11 @@ class LiteRtNetwork:
     busy) and gives it back; the pool never holds more than the most calls seen at once.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, input_shape: tuple[int, ...] = DIGIT_INPUT):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
+        self.input_shape = tuple(input_shape)
         try:
             self._model_content = self.path.read_bytes()
         except OSError as error:
@@ -92,8 +98,8 @@ class LiteRtNetwork:
             raise ModelFileError(f"{self.path} is not a LiteRT model: {error}") from error
         input_details = interpreter.interpreter.get_input_details()[0]
         output_details = interpreter.interpreter.get_output_details()[0]
-        if tuple(input_details["shape_signature"][1:]) != (28, 28, 1):
-            raise ModelFileError(f"{self.path} does not take 28x28 pictures.")
+        if tuple(input_details["shape_signature"][1:]) != self.input_shape:
+            raise ModelFileError(f"{self.path} does not take {_size(self.input_shape)} pictures.")
         self.output_classes = int(output_details["shape_signature"][-1])
         self._idle.put(interpreter)
 
@@ -104,7 +110,7 @@ class LiteRtNetwork:
         return _Interpreter(interpreter)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
+        images = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, *self.input_shape)
         if len(images) == 0:
             return np.zeros((0, self.output_classes), np.float32)
         try:
@@ -147,12 +153,13 @@ class KerasNetwork:
     this is for training's own checks and for comparing the runtimes.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, input_shape: tuple[int, ...] = DIGIT_INPUT):
         import tensorflow as tf
 
         from mnist_core.model import load_model
 
         self.path = Path(path)
+        self.input_shape = tuple(input_shape)
         try:
             self.model = load_model(self.path)
         except FileNotFoundError as error:
@@ -160,22 +167,33 @@ class KerasNetwork:
         self.output_classes = int(self.model.output_shape[-1])
         model = self.model
         self._batched = tf.function(lambda images: model(images, training=False),
-                                    input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+                                    input_signature=[tf.TensorSpec([None, *self.input_shape],
+                                                                   tf.float32)],
                                     autograph=False)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
+        images = np.asarray(images, dtype=np.float32).reshape(-1, *self.input_shape)
         if len(images) == 0:
             return np.zeros((0, self.output_classes), np.float32)
         return np.concatenate([self._batched(images[start:start + KERAS_BATCH_SIZE]).numpy()
                                for start in range(0, len(images), KERAS_BATCH_SIZE)])
 
 
-def load_network(path: str | os.PathLike):
+def card_beside(path: str | os.PathLike) -> dict:
+    """The model card written next to a model file (`<name>.card.json`), or {} without one."""
+    card_path = Path(path).with_suffix(".card.json")
+    return json.loads(card_path.read_text()) if card_path.exists() else {}
+
+
+def _size(input_shape: tuple[int, ...]) -> str:
+    return "x".join(str(side) for side in input_shape[:2])
+
+
+def load_network(path: str | os.PathLike, input_shape: tuple[int, ...] = DIGIT_INPUT):
     """The network in `path`: a `.tflite` file runs on LiteRT, a `.keras` file on TensorFlow."""
     path = Path(path)
     if path.suffix == ".tflite":
-        return LiteRtNetwork(path)
+        return LiteRtNetwork(path, input_shape)
     if path.suffix == ".keras":
-        return KerasNetwork(path)
+        return KerasNetwork(path, input_shape)
     raise ModelFileError(f"{path}: a model is a .tflite (LiteRT) or .keras file.")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from mnist_core.number_line import line_input
 from mnist_core.preprocess import (INK_MASK_LEVEL, MAX_DIGITS, MODEL_SIDE, DigitBox,
                                    decoded_image, ink_map, normalise_digit)
 
@@ -118,10 +119,21 @@ class Segmentation:
     atoms: tuple[Atom, ...] = ()
     # Atoms are the person's strokes in the order drawn (see segment), not pieces left to right.
     by_strokes: bool = False
+    # The whole drawing as one line of writing, for the number reader (mnist_core.number_line).
+    line: np.ndarray | None = None
 
     @property
     def is_blank(self) -> bool:
         return self.atom_count == 0
+
+    @property
+    def ink_aspect(self) -> float:
+        """How many times wider than tall all the ink is."""
+        if not self.atoms:
+            return 0.0
+        width = max(atom.right for atom in self.atoms) - min(atom.left for atom in self.atoms)
+        height = max(atom.bottom for atom in self.atoms) - min(atom.top for atom in self.atoms)
+        return width / max(height, 1)
 
     def group(self, index: int) -> Atom:
         """The ink of candidate `index`: its atoms joined (training labels it by whose ink it is)."""
@@ -136,10 +148,14 @@ class Segmentation:
         """
         return self.best_grouping(digit_log_probabilities)[0]
 
-    def best_grouping(self, digit_log_probabilities: np.ndarray | None = None
-                      ) -> tuple[list[int], float]:
+    def best_grouping(self, digit_log_probabilities: np.ndarray | None = None,
+                      digit_count: int | None = None) -> tuple[list[int], float]:
         """`choose`'s candidates and the grouping's total score (comparable between two
-        segmentations of the same picture, as both group all of its ink)."""
+        segmentations of the same picture, as both group all of its ink).
+
+        With `digit_count`, the best grouping into exactly that many digits (what the number
+        reader counted, see `mnist_core.inference`), or ([], -inf) when there is none.
+        """
         if self.atom_count == 0:
             return [], 0.0
         scores = self.priors - DIGIT_COST
@@ -149,29 +165,41 @@ class Segmentation:
             # Without a model: as few digits as the shapes allow.
             scores = scores - 1.0 - WIDE_PENALTY * np.asarray(self.wide, dtype=np.float64)
         index_of = {span: index for index, span in enumerate(self.spans)}
-        # best[k]: the best total of a grouping of atoms [0, stop of k) that ends with k.
-        best: dict[int, tuple[float, int | None]] = {}
+        counted = digit_count is not None
+        # best[k][n]: the best total of a grouping of atoms [0, stop of k) into n digits (n is
+        # always 0 when the count is free) that ends with k, and the state before it.
+        best: dict[int, dict[int, tuple[float, tuple[int, int] | None]]] = {}
         for index, (start, stop) in sorted(enumerate(self.spans), key=lambda item: item[1][1]):
             if start == 0:
-                best[index] = (scores[index], None)
+                best[index] = {1 if counted else 0: (scores[index], None)}
                 continue
-            options = []
+            options: dict[int, tuple[float, tuple[int, int] | None]] = {}
             for previous_start in range(max(0, start - MAX_ATOMS_PER_DIGIT), start):
                 previous = index_of.get((previous_start, start))
                 if previous is None or previous not in best:
                     continue
-                options.append((best[previous][0] + scores[index] - self._boundary_penalty(
-                    previous, index, with_model=digit_log_probabilities is not None), previous))
+                step = scores[index] - self._boundary_penalty(
+                    previous, index, with_model=digit_log_probabilities is not None)
+                for count, (total, _) in best[previous].items():
+                    count_here = count + 1 if counted else 0
+                    if counted and count_here > digit_count:
+                        continue
+                    if count_here not in options or total + step > options[count_here][0]:
+                        options[count_here] = (total + step, (previous, count))
             if options:
-                best[index] = max(options, key=lambda option: option[0])
+                best[index] = options
+        wanted = digit_count if counted else 0
         endings = [index for index, (_, stop) in enumerate(self.spans)
-                   if stop == self.atom_count and index in best]
+                   if stop == self.atom_count and wanted in best.get(index, {})]
+        if not endings:
+            return [], float("-inf")
+        current = max(endings, key=lambda index: best[index][wanted][0])
+        total = float(best[current][wanted][0])
         chosen: list[int] = []
-        current: int | None = max(endings, key=lambda index: best[index][0])
-        total = float(best[current][0])
-        while current is not None:
-            chosen.append(current)
-            current = best[current][1]
+        state: tuple[int, int] | None = (current, wanted)
+        while state is not None:
+            chosen.append(state[0])
+            state = best[state[0]][state[1]][1]
         chosen.reverse()
         if self.by_strokes:
             # Atoms came in drawing order; digits are read left to right.
@@ -468,6 +496,9 @@ def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Se
     stroke_atoms = _stroke_atoms(mask, strokes, scale_back) if strokes else None
     if stroke_atoms is not None:
         found.append(_segmentation(ink, mask, stroke_atoms, scale_back, by_strokes=True))
+    if found[0].atom_count:
+        line = line_input(ink)
+        found = [dataclasses.replace(item, line=line) for item in found]
     return found
 
 

@@ -475,6 +475,7 @@ def test_image_holds_every_first_party_package_the_app_imports() -> None:
         sources, _ = copy_sources_and_destination(item)
         copied.update(source.rstrip("/") for source in sources)
     for package in imported | {"app_pages", "Home.py", "models/mnist_cnn.tflite", "models/mnist_cnn.card.json",
+                               "models/number_reader.tflite", "models/number_reader.card.json",
                                ".streamlit/config.toml"}:
         assert package in copied, f"The image does not copy {package}."
     # The pages are files Streamlit runs by path, not imports: each one named in Home.py must exist.
@@ -524,9 +525,11 @@ def test_dockerignore_lets_in_every_file_the_dockerfile_copies() -> None:
             for path in under:
                 if "__pycache__" not in path:
                     assert not left_out_of_build_context(path), f".dockerignore keeps {path} out, but the image needs it."
-    for model_file in ("models/mnist_cnn.tflite", "models/mnist_cnn.card.json", "mnist_core/schema/001_predictions.cql"):
+    for model_file in ("models/mnist_cnn.tflite", "models/mnist_cnn.card.json", "models/number_reader.tflite",
+                       "models/number_reader.card.json", "mnist_core/schema/001_predictions.cql"):
         assert not left_out_of_build_context(model_file)
-    assert left_out_of_build_context("models/mnist_cnn.keras"), "the image serves the LiteRT export only"
+    for keras_file in ("models/mnist_cnn.keras", "models/number_reader.keras"):
+        assert left_out_of_build_context(keras_file), "the image serves the LiteRT exports only"
 
 
 def test_the_app_requirements_hold_no_tensorflow() -> None:

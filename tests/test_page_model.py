@@ -25,6 +25,9 @@ def test_model_page_shows_the_model_card(app_settings):
     assert figures["Numbers of 2-4 digits read exactly"] == f"{real['numbers_2_to_4_exact']:.1%}"
     assert figures["… drawn here (strokes known)"] == f"{real['numbers_2_to_4_exact_with_strokes']:.1%}"
     assert figures["Parameters"] == f"{card['parameter_count']:,}"
+    reader_card = json.loads((SHIPPED_MODEL_PATH.parent / "number_reader.card.json").read_text())
+    assert figures["Validation numbers read exactly"] == f"{reader_card['validation_exact']:.1%}"
+    assert figures["Number reader parameters"] == f"{reader_card['parameter_count']:,}"
     per_class = chart_with_columns(app, "digit", "measure", "value")
     recall_of_eight = per_class[(per_class["digit"] == 8) & (per_class["measure"] == "recall")]["value"].iloc[0]
     assert recall_of_eight == pytest.approx(card["per_class"]["8"]["recall"])

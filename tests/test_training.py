@@ -43,3 +43,27 @@ def test_smoke_training_writes_model_and_card(tmp_path, mnist):
     for one, other in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(one, other)
     assert repeat["test_accuracy"] == card["test_accuracy"]
+
+
+def test_smoke_training_of_the_number_reader_writes_a_model_litert_reads_alike(tmp_path, mnist):
+    from mnist_core.number_reading import NumberReader
+    from train.number_reader import ReaderOptions, build_reader, train_reader
+    from train.number_lines import generate_number_lines
+
+    output = tmp_path / "reader" / "number_reader.keras"
+    card = train_reader(ReaderOptions(lines=1500, validation_lines=300, epochs=1, output=output,
+                                      verbose=0, seed=3), data=mnist)
+    assert {"model_version", "validation_exact", "validation_exact_by_length", "parameter_count",
+            "training_seconds", "data_sha256", "model_files"} <= set(card)
+    assert 0.0 <= card["validation_exact"] <= 1.0 and len(card["history"]["loss"]) == 1
+    assert card["parameter_count"] == build_reader().count_params()
+    exported = output.with_suffix(".tflite")
+    assert card["model_files"][exported.name]["bytes"] == exported.stat().st_size
+    # The export LiteRT serves computes what the Keras model computes.
+    lines = generate_number_lines(20, mnist.test_images, mnist.test_labels, seed=9).lines
+    inputs = lines.astype(np.float32) / 255.0
+    served = NumberReader.from_path(exported)
+    keras_steps = load_model(output)(inputs[..., None], training=False).numpy()
+    np.testing.assert_allclose(served.network(inputs), keras_steps, atol=1e-4)
+    assert served.model_version == card["model_version"]
+    assert len(served.read_lines(inputs)) == len(inputs)

@@ -244,49 +244,63 @@ def _wander(random: np.random.Generator) -> np.ndarray:
 
 def non_digit(mnist_images: np.ndarray, mnist_labels: np.ndarray,
               random: np.random.Generator) -> np.ndarray:
+    """The model input of one drawing that is not a digit (see non_digit_picture)."""
+    return model_input(non_digit_picture(mnist_images, mnist_labels, random))
+
+
+def non_digit_picture(mnist_images: np.ndarray, mnist_labels: np.ndarray,
+                      random: np.random.Generator, *, run_together: bool = True) -> np.ndarray:
+    """A half-size canvas picture of something that is not one digit.
+
+    Without `run_together`, never two digits run together (the number reader is to read
+    those as the two digits they are).
+    """
     kind = random.random()
     if kind < 0.15:
         # One to four wandering strokes.
         parts = [_wander(random) for _ in range(int(random.integers(1, 5)))]
         for part in parts[1:]:
             part += random.uniform(-20.0, 20.0, 2)
-        return model_input(paint(parts, random, dotted_first=False,
-                                 height=float(random.uniform(50, 240))))
+        return paint(parts, random, dotted_first=False, height=float(random.uniform(50, 240)))
     kind = (kind - 0.15) / 0.85
     if kind < 0.08:
         # A dash: a bar or flag on its own is no digit (nor is a minus sign).
         angle = np.radians(float(random.uniform(-25.0, 25.0)))
         half = np.array([np.cos(angle), np.sin(angle)]) * 0.5
-        return model_input(paint([_line(0.5 - half, 0.5 + half)], random, dotted_first=False,
-                                 height=float(random.uniform(40, 200))))
+        return paint([_line(0.5 - half, 0.5 + half)], random, dotted_first=False,
+                     height=float(random.uniform(40, 200)))
     if kind < 0.3:
         # Smooth random curves, one or two strokes.
         parts = [_squiggle(random) for _ in range(int(random.integers(1, 3)))]
-        return model_input(paint(parts, random, dotted_first=False,
-                                 height=float(random.uniform(60, 240))))
+        return paint(parts, random, dotted_first=False, height=float(random.uniform(60, 240)))
     if kind < 0.6:
+        if not run_together:
+            return non_digit_picture(mnist_images, mnist_labels, random, run_together=False)
         # Two digits run together: touching or overlapping, as one blob.
         first, second = random.integers(len(mnist_images), size=2)
         left = centre_points(mnist_images[first])
         right = centre_points(mnist_images[second])
         if len(left) < 3 or len(right) < 3:
-            return non_digit(mnist_images, mnist_labels, random)
+            return non_digit_picture(mnist_images, mnist_labels, random,
+                                     run_together=run_together)
         shift = float(left[:, 0].max()) - float(random.uniform(0.0, 0.25))
         parts = warp([np.concatenate([left, right + np.array([shift, 0.0])])], random)
-        return model_input(paint(parts, random))
+        return paint(parts, random)
     if kind < 0.85:
         points = _letter_points(NON_DIGIT_LETTERS[int(random.integers(len(NON_DIGIT_LETTERS)))])
         if len(points) < 3:
-            return non_digit(mnist_images, mnist_labels, random)
-        return model_input(paint(warp([points], random), random))
+            return non_digit_picture(mnist_images, mnist_labels, random,
+                                     run_together=run_together)
+        return paint(warp([points], random), random)
     # A digit turned on its side.
     choices = np.flatnonzero(np.isin(mnist_labels, SIDEWAYS_DIGITS))
     image = np.rot90(mnist_images[int(choices[int(random.integers(len(choices)))])],
                      k=1 if random.random() < 0.5 else 3)
     points = centre_points(image)
     if len(points) < 3:
-        return non_digit(mnist_images, mnist_labels, random)
-    return model_input(paint(warp([points], random), random))
+        return non_digit_picture(mnist_images, mnist_labels, random,
+                                 run_together=run_together)
+    return paint(warp([points], random), random)
 
 
 def _work(task):
