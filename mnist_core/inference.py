@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_core.networks import card_beside, load_network
+from mnist_core.number_line import STEP_WIDTH
 from mnist_core.number_reading import NumberReader
 from mnist_core.preprocess import DigitBox
 from mnist_core.segmentation import Segmentation, segmentations
@@ -224,18 +225,26 @@ class Recognizer:
                 continue
             segmentation = segmentations[index]
             digit_probability = probabilities[:, :NOT_A_DIGIT].max(axis=1)
-            # The model inputs and boxes of the digits: the segmentation's best grouping into
-            # as many digits as the number reader read (stored as what each digit looked like).
+            # The model inputs and boxes of the digits (stored as what each digit looked like):
+            # the segmentation's best grouping into as many digits as the number reader read,
+            # or, when its atoms cannot make that many, the ink cut where the reader's digits end.
             chosen, _ = segmentation.best_grouping(
                 np.log(np.maximum(digit_probability, LOG_FLOOR)), digit_count=len(line.digits))
-            if len(chosen) != len(line.digits):
-                continue
+            if len(chosen) == len(line.digits):
+                model_inputs = segmentation.candidates[chosen]
+                boxes = tuple(segmentation.boxes[position] for position in chosen)
+            else:
+                cut = segmentation.cut_at([
+                    (before.last_step + 1 + after.first_step) * STEP_WIDTH / 2
+                    for before, after in zip(line.digits[:-1], line.digits[1:])])
+                if cut is None:
+                    continue
+                model_inputs, boxes = cut
             final[index] = dataclasses.replace(
                 reading, digits=tuple(DigitReading(digit=digit.digit, confidence=digit.confidence,
                                                    probabilities=digit.probabilities)
                                       for digit in line.digits),
-                model_inputs=segmentation.candidates[chosen],
-                boxes=tuple(segmentation.boxes[position] for position in chosen),
+                model_inputs=model_inputs, boxes=boxes,
                 is_not_a_digit=False, read_by_number_reader=True)
         return final
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from mnist_core.number_line import line_input
+from mnist_core.number_line import LinePlacement, placed_line
 from mnist_core.preprocess import (INK_MASK_LEVEL, MAX_DIGITS, MODEL_SIDE, DigitBox,
                                    decoded_image, ink_map, normalise_digit)
 
@@ -119,8 +119,13 @@ class Segmentation:
     atoms: tuple[Atom, ...] = ()
     # Atoms are the person's strokes in the order drawn (see segment), not pieces left to right.
     by_strokes: bool = False
-    # The whole drawing as one line of writing, for the number reader (mnist_core.number_line).
+    # The whole drawing as one line of writing, for the number reader (mnist_core.number_line),
+    # where its ink sits in that line, and the ink map itself with the factor from its pixels
+    # back to the picture's: cut_at cuts the ink where the number reader saw digits end.
     line: np.ndarray | None = None
+    line_placement: LinePlacement | None = None
+    ink: np.ndarray | None = None
+    scale_back: float = 1.0
 
     @property
     def is_blank(self) -> bool:
@@ -134,6 +139,38 @@ class Segmentation:
         width = max(atom.right for atom in self.atoms) - min(atom.left for atom in self.atoms)
         height = max(atom.bottom for atom in self.atoms) - min(atom.top for atom in self.atoms)
         return width / max(height, 1)
+
+    def cut_at(self, line_columns: Sequence[float]) -> tuple[np.ndarray, tuple[DigitBox, ...]] | None:
+        """Model inputs and boxes of the ink cut with vertical lines at these columns of the
+        line (left to right), one per stretch between them; None when a stretch has no ink.
+
+        For a number the number reader read as more digits than the atoms can be grouped
+        into (two digits in one piece the cuts missed): its digits still need what each
+        looked like and where it was, as every stored reading does.
+        """
+        if self.ink is None or self.line_placement is None:
+            return None
+        mask = self.ink >= INK_MASK_LEVEL
+        edges = [0, *(int(round(self.line_placement.ink_column(column)))
+                      for column in line_columns), mask.shape[1]]
+        candidates, boxes = [], []
+        for left, right in zip(edges[:-1], edges[1:]):
+            left, right = max(left, 0), min(right, mask.shape[1])
+            part = np.zeros_like(mask)
+            if right > left:
+                part[:, left:right] = mask[:, left:right]
+            rows, columns = np.nonzero(part)
+            if rows.size == 0:
+                return None
+            top, bottom = int(rows.min()), int(rows.max()) + 1
+            start, stop = int(columns.min()), int(columns.max()) + 1
+            piece = Atom(mask=part[top:bottom, start:stop], top=top, left=start, bottom=bottom,
+                         right=stop)
+            candidates.append(_model_input(self.ink, mask, piece))
+            boxes.append(DigitBox(left=int(start * self.scale_back), top=int(top * self.scale_back),
+                                  right=int(stop * self.scale_back),
+                                  bottom=int(bottom * self.scale_back)))
+        return np.stack(candidates).astype(np.float32), tuple(boxes)
 
     def group(self, index: int) -> Atom:
         """The ink of candidate `index`: its atoms joined (training labels it by whose ink it is)."""
@@ -497,8 +534,9 @@ def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Se
     if stroke_atoms is not None:
         found.append(_segmentation(ink, mask, stroke_atoms, scale_back, by_strokes=True))
     if found[0].atom_count:
-        line = line_input(ink)
-        found = [dataclasses.replace(item, line=line) for item in found]
+        line, placement = placed_line(ink)
+        found = [dataclasses.replace(item, line=line, line_placement=placement, ink=ink,
+                                     scale_back=scale_back) for item in found]
     return found
 
 

@@ -85,6 +85,27 @@ def test_a_grouping_can_be_asked_for_a_number_of_digits():
     assert segmentation.ink_aspect == pytest.approx((160 + 12) / (120 + 12), abs=0.05)
 
 
+
+def test_one_piece_of_ink_is_cut_where_the_line_says_and_boxes_land_on_the_picture():
+    # Two upright bars joined by a long horizontal bar: one piece, as touching digits are.
+    picture = canvas_picture([np.array([[60, 80], [60, 200], [220, 200], [220, 80]])],
+                             pen_width=12)
+    segmentation = segment(picture)
+    placement = segmentation.line_placement
+    line_middle = placement.line_left + placement.scale * (
+        140 / segmentation.scale_back - placement.ink_left)
+    assert placement.ink_column(line_middle) == pytest.approx(140 / segmentation.scale_back)
+    candidates, boxes = segmentation.cut_at([line_middle])
+    assert candidates.shape == (2, 28, 28) and candidates.max(axis=(1, 2)).min() > 0.5
+    left, right = boxes
+    # Split at x = 140 in the picture's pixels (the ink map is smaller), each keeping one bar.
+    assert left.left <= 60 - 6 + 4 and abs(left.right - 140) <= 4
+    assert abs(right.left - 140) <= 4 and right.right >= 220 + 6 - 4
+    assert left.bottom == pytest.approx(206, abs=4)
+    # A cut past the ink's end leaves a stretch with no ink: no digits from it.
+    assert segmentation.cut_at([line_middle, 119.0]) is None
+
+
 # ---------------------------------------------------------------------------------------
 # The shipped number reader, in the product's reading
 # ---------------------------------------------------------------------------------------
