@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_core.networks import card_beside, load_network
+from mnist_core.networks import ModelFileError, card_beside, load_network
 from mnist_core.number_line import LINE_HEIGHT, LINE_WIDTH, STEPS
 
 BLANK = 10
@@ -81,8 +81,12 @@ class NumberReader:
     @classmethod
     def from_path(cls, path: str | Path) -> "NumberReader":
         path = Path(path)
-        return cls(load_network(path, (LINE_HEIGHT, LINE_WIDTH, 1)), model_card=card_beside(path),
-                   model_version=path.stem)
+        network = load_network(path, (LINE_HEIGHT, LINE_WIDTH, 1))
+        if network.output_classes != CLASSES:
+            # Checked once here, not as a reshape error on every wide drawing.
+            raise ModelFileError(f"{path} gives {network.output_classes} outputs per step, not "
+                                 f"the number reader's {CLASSES} (ten digits and the blank).")
+        return cls(network, model_card=card_beside(path), model_version=path.stem)
 
     def read_lines(self, lines: np.ndarray) -> list[LineReading]:
         logits = self.network(np.asarray(lines, dtype=np.float32))

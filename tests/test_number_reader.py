@@ -167,3 +167,11 @@ def test_lone_digits_and_non_digits_stay_the_digit_model_s(mnist, recognizer, di
         if alone.is_not_a_digit or alone.is_blank:
             assert (with_reader.is_not_a_digit, with_reader.text) == (alone.is_not_a_digit, "")
     assert recognizer.model_version.endswith("+" + recognizer.number_reader.model_version)
+
+
+def test_a_file_that_is_not_a_number_reader_is_refused_when_loaded():
+    from mnist_core.networks import ModelFileError
+    from mnist_core.number_reading import NumberReader
+
+    with pytest.raises(ModelFileError, match="does not take"):
+        NumberReader.from_path("models/mnist_cnn.tflite")

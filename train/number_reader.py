@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -54,22 +55,22 @@ def build_reader():
     from keras import layers
 
     inputs = keras.Input((LINE_HEIGHT, LINE_WIDTH, 1), name="line")
-    x = inputs
+    features = inputs
     for filters, pool in ((16, (2, 2)), (32, (2, 2)), (64, None), (64, (2, 1))):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
+        features = layers.Conv2D(filters, 3, padding="same", use_bias=False)(features)
+        features = layers.BatchNormalization()(features)
+        features = layers.Activation("relu")(features)
         if pool:
-            x = layers.MaxPooling2D(pool)(x)
+            features = layers.MaxPooling2D(pool)(features)
     # (rows, steps, channels) -> (steps, rows * channels)
-    x = layers.Permute((2, 1, 3))(x)
-    x = layers.Reshape((STEPS, -1))(x)
+    features = layers.Permute((2, 1, 3))(features)
+    features = layers.Reshape((STEPS, -1))(features)
     for _ in range(2):
-        x = layers.Conv1D(128, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
-        x = layers.Dropout(0.2)(x)
-    outputs = layers.Dense(CLASSES, name="steps")(x)
+        features = layers.Conv1D(128, 3, padding="same", use_bias=False)(features)
+        features = layers.BatchNormalization()(features)
+        features = layers.Activation("relu")(features)
+        features = layers.Dropout(0.2)(features)
+    outputs = layers.Dense(CLASSES, name="steps")(features)
     return keras.Model(inputs, outputs, name="number_reader")
 
 
@@ -168,7 +169,7 @@ def train_reader(options: ReaderOptions, data=None) -> dict:
         "data_source": data.source, "data_sha256": data.sha256,
         "library_versions": {"python": platform.python_version(), "keras": keras.__version__,
                              "tensorflow": tf.__version__, "numpy": np.__version__},
-        "machine": {"processor": platform.machine(), "cpu_count": __import__("os").cpu_count()},
+        "machine": {"processor": platform.machine(), "cpu_count": os.cpu_count()},
     }
     output.with_suffix(".card.json").write_text(json.dumps(card, indent=1) + "\n")
     return record_model_files(output)
