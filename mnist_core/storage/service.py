@@ -30,8 +30,12 @@ logger = logging.getLogger(__name__)
 
 # Writes younger than this, with the writer answering, count as on their way rather than as a backlog.
 IN_FLIGHT_SECONDS = 5.0
-# A count read retries this often when the writer moved a chunk from the outbox to the rollups meanwhile.
-CONSISTENT_READ_ATTEMPTS = 3
+# A count read retries this often when the writer moved a group from the outbox to the rollups
+# meanwhile, pausing between tries so the group can finish: three back-to-back tries could all
+# land inside groups when the writer drains a burst on a busy machine, and then count the group
+# twice (seen in CI: 6 of a digit instead of 5).
+CONSISTENT_READ_ATTEMPTS = 20
+CONSISTENT_READ_PAUSE_SECONDS = 0.01
 
 
 class PredictionStore:
@@ -188,6 +192,7 @@ class PredictionStore:
             counts = self._read(lambda: repository.history_counts(start=start, end=end, zone=zone, pending=pending))
             if generation % 2 == 0 and generation == self.writer.generation:
                 break
+            time.sleep(CONSISTENT_READ_PAUSE_SECONDS)
         return counts
 
     def accuracy(self, *, start: datetime.date, end: datetime.date, timezone: str | None = None) -> AccuracyReport:
