@@ -210,7 +210,7 @@ class Recognizer:
             return final
         asked = [index for index, ((reading, _), segmentation) in
                  enumerate(zip(readings, segmentations))
-                 if segmentation.line is not None and not segmentation.by_strokes
+                 if segmentation.ink is not None and not segmentation.by_strokes
                  and (len(reading.digits) > 1 or (reading.is_not_a_digit and
                                                   segmentation.ink_aspect >= NUMBER_READER_ASPECT))]
         if not asked:

@@ -9,9 +9,11 @@ probabilities are those of its most confident step, over the ten digits.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from mnist_core.networks import ModelFileError, card_beside, load_network
 from mnist_core.number_line import LINE_HEIGHT, LINE_WIDTH, STEPS
@@ -42,22 +44,14 @@ class LineReading:
         return "".join(str(digit.digit) for digit in self.digits)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def greedy_decode(logits: np.ndarray) -> LineReading:
     """The best-path reading of one line's step logits (STEPS, CLASSES)."""
-    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    probabilities = softmax(np.asarray(logits, dtype=np.float64), axis=-1)
     best = probabilities.argmax(axis=1)
     digits = []
     step = 0
-    while step < len(best):
-        label = int(best[step])
-        end = step
-        while end + 1 < len(best) and best[end + 1] == label:
-            end += 1
+    for label, run in itertools.groupby(best.tolist()):
+        end = step + len(list(run)) - 1
         if label != BLANK:
             peak = step + int(probabilities[step:end + 1, label].argmax())
             over_digits = probabilities[peak, :BLANK] / max(probabilities[peak, :BLANK].sum(),

@@ -19,6 +19,7 @@ Callers without a model (`preprocess.preprocess`) get the grouping the priors al
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -119,17 +120,29 @@ class Segmentation:
     atoms: tuple[Atom, ...] = ()
     # Atoms are the person's strokes in the order drawn (see segment), not pieces left to right.
     by_strokes: bool = False
-    # The whole drawing as one line of writing, for the number reader (mnist_core.number_line),
-    # where its ink sits in that line, and the ink map itself with the factor from its pixels
-    # back to the picture's: cut_at cuts the ink where the number reader saw digits end.
-    line: np.ndarray | None = None
-    line_placement: LinePlacement | None = None
+    # The ink map (None when blank) and the factor from its pixels back to the picture's: the
+    # number reader's line is made from it, and cut_at cuts it where the reader saw digits end.
     ink: np.ndarray | None = None
     scale_back: float = 1.0
 
     @property
     def is_blank(self) -> bool:
         return self.atom_count == 0
+
+    @functools.cached_property
+    def _placed_line(self) -> tuple[np.ndarray | None, LinePlacement | None]:
+        # Made on first use: most drawings are lone digits the number reader is never asked about.
+        return placed_line(self.ink) if self.ink is not None else (None, None)
+
+    @property
+    def line(self) -> np.ndarray | None:
+        """The whole drawing as one line of writing, for the number reader (mnist_core.number_line)."""
+        return self._placed_line[0]
+
+    @property
+    def line_placement(self) -> LinePlacement | None:
+        """Where the ink sits in `line`."""
+        return self._placed_line[1]
 
     @property
     def ink_aspect(self) -> float:
@@ -148,7 +161,7 @@ class Segmentation:
         into (two digits in one piece the cuts missed): its digits still need what each
         looked like and where it was, as every stored reading does.
         """
-        if self.ink is None or self.line_placement is None:
+        if self.line_placement is None:
             return None
         mask = self.ink >= INK_MASK_LEVEL
         edges = [0, *(int(round(self.line_placement.ink_column(column)))
@@ -534,9 +547,7 @@ def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Se
     if stroke_atoms is not None:
         found.append(_segmentation(ink, mask, stroke_atoms, scale_back, by_strokes=True))
     if found[0].atom_count:
-        line, placement = placed_line(ink)
-        found = [dataclasses.replace(item, line=line, line_placement=placement, ink=ink,
-                                     scale_back=scale_back) for item in found]
+        found = [dataclasses.replace(item, ink=ink, scale_back=scale_back) for item in found]
     return found
 
 

@@ -67,7 +67,7 @@ def test_committed_model_does_not_show_non_digits_as_confident_digits(recognizer
 def test_committed_model_reads_whole_numbers_of_unseen_writers(recognizer, mnist):
     """Numbers of 2-4 MNIST test digits (writers never trained on), touching, overlapping and
     slanted as train/number_candidates.py composes them, read from the picture alone."""
-    from train.number_candidates import compose, paint_digit
+    from train.number_candidates import compose, paint_number
 
     random = np.random.default_rng(23)
     exact, counted, total = 0, 0, 0
@@ -78,7 +78,7 @@ def test_committed_model_reads_whole_numbers_of_unseen_writers(recognizer, mnist
         if composed is None:
             continue
         digits, pen = composed
-        picture = np.max(np.stack([paint_digit(parts, pen) for parts in digits]), axis=0)
+        picture = paint_number(digits, pen)
         reading = recognizer.read(picture)
         text = "".join(str(label) for label in mnist.test_labels[indices])
         exact += reading.text == text

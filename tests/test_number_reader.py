@@ -115,7 +115,7 @@ def _composed_test_numbers(mnist, count: int, seed: int = 11):
     as training composes them (training never sees the test digits): (picture, text) pairs."""
     import dataclasses as dataclasses_module
 
-    from train.number_candidates import SETTINGS, compose, paint_digit
+    from train.number_candidates import SETTINGS, compose, paint_number
 
     settings = dataclasses_module.replace(SETTINGS, lengths=(2, 3, 4))
     random = np.random.default_rng(seed)
@@ -127,7 +127,7 @@ def _composed_test_numbers(mnist, count: int, seed: int = 11):
         if composed is None:
             continue
         digits, pen = composed
-        picture = np.max(np.stack([paint_digit(parts, pen) for parts in digits]), axis=0)
+        picture = paint_number(digits, pen)
         numbers.append((picture, "".join(str(int(mnist.test_labels[index])) for index in indices)))
     return numbers
 

@@ -122,6 +122,11 @@ def paint_digit(parts: list[np.ndarray], pen: float) -> np.ndarray:
     return canvas_picture(strokes, pen_width=pen, side=SIDE)
 
 
+def paint_number(digits: list[list[np.ndarray]], pen: float) -> np.ndarray:
+    """A composed number (`compose`'s digits) as one RGBA picture of the half-size canvas."""
+    return np.max(np.stack([paint_digit(parts, pen) for parts in digits]), axis=0)
+
+
 def number_candidates(images: np.ndarray, labels: np.ndarray, random: np.random.Generator,
                       settings: NumberSettings = SETTINGS) -> tuple[np.ndarray, np.ndarray]:
     """Labelled model inputs (K, 28, 28) cut from one composed number, and their labels."""

@@ -19,7 +19,7 @@ import numpy as np
 from mnist_core.number_line import LINE_HEIGHT, LINE_WIDTH, line_input
 from mnist_core.preprocess import ink_map
 from train.canvas_rendering import map_in_processes, non_digit_picture
-from train.number_candidates import SETTINGS, NumberSettings, compose, paint_digit
+from train.number_candidates import SETTINGS, NumberSettings, compose, paint_number
 
 MAX_LENGTH = 6
 # Lone digits and long numbers are rarer than the 2 to 4 digits people mostly write.
@@ -49,7 +49,7 @@ def number_line(images: np.ndarray, labels: np.ndarray, random: np.random.Genera
     if composed is None:
         return None
     digits, pen = composed
-    picture = np.max(np.stack([paint_digit(parts, pen) for parts in digits]), axis=0)
+    picture = paint_number(digits, pen)
     return line_input(ink_map(picture)), labels[indices].astype(np.int64)
 
 
