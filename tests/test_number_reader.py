@@ -175,3 +175,33 @@ def test_a_file_that_is_not_a_number_reader_is_refused_when_loaded():
 
     with pytest.raises(ModelFileError, match="does not take"):
         NumberReader.from_path("models/mnist_cnn.tflite")
+
+
+def _reader_that_always_reads(path: list[int]):
+    """A number reader whose network gives every line the same steps (for the takeover rule)."""
+    from mnist_core.number_reading import NumberReader
+
+    logits = _logits_for(path).astype(np.float32)
+    return NumberReader(lambda lines: np.repeat(logits[None], len(lines), axis=0),
+                        model_version="fixed-path")
+
+
+def test_the_reader_takes_over_with_two_digits_or_more_never_with_one(mnist, recognizer):
+    from mnist_core.inference import Recognizer
+
+    # Two MNIST test digits far apart: the digit model reads them as two digits.
+    picture = np.zeros((28, 84), np.float32)
+    picture[:, :28], picture[:, 56:] = mnist.test_images[0], mnist.test_images[1]
+    alone = Recognizer(recognizer.network).read(picture)
+    assert len(alone.digits) == 2
+    other = [digit for digit in range(10) if digit not in {d.digit for d in alone.digits}][:2]
+    one_digit = [other[0]] * 4 + [BLANK] * (STEPS - 4)
+    two_digits = [other[0]] * 4 + [BLANK] * 4 + [other[1]] * 4 + [BLANK] * (STEPS - 12)
+    read_one = Recognizer(recognizer.network,
+                          number_reader=_reader_that_always_reads(one_digit)).read(picture)
+    read_two = Recognizer(recognizer.network,
+                          number_reader=_reader_that_always_reads(two_digits)).read(picture)
+    # A sure reading of one digit leaves the digit model's two; a sure reading of two replaces it.
+    assert (read_one.text, read_one.read_by_number_reader) == (alone.text, False)
+    assert (read_two.text, read_two.read_by_number_reader) == (f"{other[0]}{other[1]}", True)
+    assert len(read_two.model_inputs) == len(read_two.boxes) == 2
