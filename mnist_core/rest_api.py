@@ -3,7 +3,9 @@
 ``POST /api/predict`` reads an image (raw PNG/JPEG body, or multipart with one file) through
 the same :func:`mnist_core.readings.predict_and_store` as the Draw page, stored with source
 ``api``; ``GET /api/health`` says whether the model is loaded and how storage is doing;
-``GET /api/stats?from=&to=&tz=`` gives counts per digit. This module is only the transport
+``GET /api/stats?from=&to=&tz=`` gives counts per digit. A predict request with an
+``Idempotency-Key`` header is read and stored once; the key sent again within a day gets the
+first answer back (``Idempotent-Replayed: true``) and stores nothing (see mnist_core.idempotency). This module is only the transport
 adapter: it parses requests, calls ``mnist_core``, and turns exceptions into 4xx/5xx JSON.
 The recognizer and store are injected as zero-argument callables so the app shares its
 cached ones and tests pass their own. With an API key configured, /api/predict and
@@ -25,7 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mnist_core import readings, settings
+from mnist_core import idempotency, readings, settings
 from mnist_core.inference import Recognizer
 from mnist_core.preprocess import ImageDecodeError
 from mnist_core.storage import PredictionStore, StorageError
@@ -170,6 +172,21 @@ def _parse_date(text: str | None, *, name: str, default: datetime.date) -> datet
     return value
 
 
+def _prediction_answer(result: readings.StoredReading) -> dict:
+    """The JSON answer to a stored reading (also what an Idempotency-Key replays)."""
+    reading = result.reading
+    return {
+        "id": str(result.record.id),
+        "digit": reading.digit,
+        "number": reading.number,
+        "confidence": round(reading.overall_confidence, 6),
+        "probabilities": [round(value, 6) for value in reading.probabilities],
+        "stored": result.outcome.value,
+        "model_version": result.record.model_version,
+        "latency_ms": round(reading.latency_ms, 2),
+    }
+
+
 def create_routes(
     *,
     get_recognizer: Callable[[], Recognizer],
@@ -198,20 +215,37 @@ def create_routes(
             raise RequestProblem(503, f"The model is not loaded, so nothing can be read: {error}") from None
 
     async def predict(request: Request) -> JSONResponse:
+        idempotency_key = request.headers.get(idempotency.HEADER)
         try:
             # Checked before the body is read: a caller without the key cannot make us read 2 MB.
             _require_api_key(request, expected_api_key())
             _refuse_cross_site(request)
+            if idempotency_key is not None:
+                idempotency.key_hash(idempotency_key)
             image = await _image_bytes(request, max_body_bytes)
             # In the thread pool: even a first load (or a failing one) never holds the event loop.
             recognizer = await run_in_threadpool(loaded_recognizer)
-            result = await run_in_threadpool(
-                readings.predict_and_store, image, source="api", recognizer=recognizer, store=get_store()
-            )
+            if idempotency_key is None:
+                result = await run_in_threadpool(
+                    readings.predict_and_store, image, source="api", recognizer=recognizer, store=get_store()
+                )
+            else:
+                keyed = await run_in_threadpool(
+                    idempotency.read_once, image, key=idempotency_key, recognizer=recognizer, store=get_store(),
+                    answer_of=_prediction_answer,
+                )
+                if keyed.answer is not None:
+                    return JSONResponse(keyed.answer,
+                                        headers={"Idempotent-Replayed": "true" if keyed.replayed else "false"})
+                result = keyed.result
         except RequestProblem as problem:
             return _problem_response(problem)
         except ImageDecodeError as error:
             return _problem_response(RequestProblem(415, str(error)))
+        except idempotency.IdempotencyKeyError as error:
+            return _problem_response(RequestProblem(400, str(error)))
+        except idempotency.IdempotencyKeyReused as error:
+            return _problem_response(RequestProblem(422, str(error)))
         reading = result.reading
         if reading.is_not_a_digit:
             return JSONResponse({"error": "This does not look like a digit (a scribble, a letter or a "
@@ -221,18 +255,7 @@ def create_routes(
                                 status_code=422)
         if reading.is_blank:
             return _problem_response(RequestProblem(422, "No digit was found in the image; nothing was stored."))
-        return JSONResponse(
-            {
-                "id": str(result.record.id),
-                "digit": reading.digit,
-                "number": reading.number,
-                "confidence": round(reading.overall_confidence, 6),
-                "probabilities": [round(value, 6) for value in reading.probabilities],
-                "stored": result.outcome.value,
-                "model_version": result.record.model_version,
-                "latency_ms": round(reading.latency_ms, 2),
-            }
-        )
+        return JSONResponse(_prediction_answer(result))
 
     async def wrong_method(request: Request) -> JSONResponse:
         return JSONResponse({"error": "Use POST with a PNG or JPEG image as the body."}, status_code=405,

@@ -19,6 +19,9 @@ person drawing never waits on the network and nothing is lost while Cassandra is
   queued again at their old positions. ``sent`` is bounded in rows (``SENT_ROW_LIMIT``) and in
   time (``SENT_MAX_AGE_SECONDS``), and is copied back in chunks so ``add`` never waits long.
 - **O(1) status.** Pending, other-target and dead-letter counts are kept in memory.
+- **Answers under an Idempotency-Key** are also kept in the ``answers`` table for a day, written
+  in the same transaction as their prediction: a retry to this process finds its answer even
+  while Cassandra is away, and after a restart.
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ from mnist_core.storage.records import CONFIDENCE_BINS, DIGIT_COUNT, PredictionR
 
 PREDICTION = "prediction"
 CORRECTION = "correction"
-KINDS = (PREDICTION, CORRECTION)
+# The answer given under an Idempotency-Key (see mnist_core.idempotency), queued with its prediction.
+ANSWER = "answer"
+KINDS = (PREDICTION, CORRECTION, ANSWER)
+# Answers are remembered this long, here and in Cassandra (the table's TTL).
+ANSWER_MAX_AGE_SECONDS = 86400.0
 # A failing (not unavailable) entry is tried this many times before it goes to the dead-letter table.
 MAX_ATTEMPTS = 6
 FIRST_RETRY_DELAY_SECONDS = 2.0
@@ -151,6 +158,8 @@ class Outbox:
         execute("CREATE TABLE IF NOT EXISTS dead_letter (sequence INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
                 " payload TEXT NOT NULL, enqueued_at REAL NOT NULL, target TEXT, failed_at REAL NOT NULL,"
                 " attempts INTEGER NOT NULL, error TEXT)")
+        execute("CREATE TABLE IF NOT EXISTS answers (key_hash TEXT PRIMARY KEY, body_fingerprint TEXT NOT NULL,"
+                " answer TEXT NOT NULL, answered_at REAL NOT NULL)")
 
     def _count_rows(self) -> tuple[int, int, int]:
         execute = self._connection.execute
@@ -167,11 +176,13 @@ class Outbox:
 
     def add_many(self, entries: Iterable[tuple[str, dict[str, Any]]]) -> list[int]:
         """Append writes in one transaction (one fsync); returns their sequence numbers."""
-        rows = []
+        rows, answers = [], []
         now = time.time()
         for kind, payload in entries:
             if kind not in KINDS:
                 raise ValueError(f"Unknown outbox entry kind {kind!r}.")
+            if kind == ANSWER:
+                answers.append((payload["key_hash"], payload["body_fingerprint"], payload["answer"], now))
             rows.append((kind, json.dumps(payload, separators=(",", ":")), now, self.target, *_facts(kind, payload)))
         if not rows:
             return []
@@ -183,8 +194,25 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?)", row).lastrowid)
                 for row in rows
             ]
+            self._add_connection.executemany(
+                "INSERT OR REPLACE INTO answers (key_hash, body_fingerprint, answer, answered_at)"
+                " VALUES (?, ?, ?, ?)", answers)
             self._pending += len(rows)
         return sequences
+
+    def answer(self, key_hash: str) -> tuple[str, str] | None:
+        """The (body fingerprint, answer JSON) this process gave under a key in the last day, or None."""
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT body_fingerprint, answer FROM answers WHERE key_hash = ? AND answered_at >= ?",
+                (key_hash, time.time() - ANSWER_MAX_AGE_SECONDS)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def forget_old_answers(self) -> None:
+        """Drop answers older than a day: their keys may be used again."""
+        with self._lock, self._write_lock:
+            self._connection.execute("DELETE FROM answers WHERE answered_at < ?",
+                                     (time.time() - ANSWER_MAX_AGE_SECONDS,))
 
     # The writer's side ------------------------------------------------------------------
 

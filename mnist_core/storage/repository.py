@@ -123,6 +123,13 @@ class PredictionRepository:
             "INSERT INTO {keyspace}.corrections_by_day (day, prediction_id, created_at, predicted_digit, true_label, "
             "model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
         )
+        self._insert_answer = prepare(
+            "INSERT INTO {keyspace}.answers_by_idempotency_key (key_hash, body_fingerprint, prediction_id, answer) "
+            "VALUES (?, ?, ?, ?)"
+        )
+        self._select_answer = prepare(
+            "SELECT body_fingerprint, answer FROM {keyspace}.answers_by_idempotency_key WHERE key_hash = ?"
+        )
         self._select_replication = prepare(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?"
         )
@@ -430,6 +437,17 @@ class PredictionRepository:
                   (day, prediction_id, created_at, key.digit, true_label, key.model_version, corrected_at, written_at))
         batch.is_idempotent = True
         self._session.execute(batch)
+
+    # Answers remembered for Idempotency-Key ----------------------------------------------
+
+    def write_answer(self, *, key_hash: str, body_fingerprint: str, prediction_id: uuid.UUID, answer: str) -> None:
+        """Remember the answer given under an Idempotency-Key (the table's TTL forgets it after a day)."""
+        self._session.execute(self._insert_answer, (key_hash, body_fingerprint, prediction_id, answer))
+
+    def answer(self, key_hash: str) -> tuple[str, str] | None:
+        """The (body fingerprint, answer JSON) remembered for a key, or None."""
+        row = self._session.execute(self._select_answer, (key_hash,)).one()
+        return None if row is None else (row.body_fingerprint, row.answer)
 
     def accuracy(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo) -> AccuracyReport:
         """Accuracy and confusion matrix from the correction rollups of local days start..end (one read per UTC day)."""

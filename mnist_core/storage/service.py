@@ -14,7 +14,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cassandra import DriverException
 from cassandra.cluster import Cluster
@@ -139,9 +139,25 @@ class PredictionStore:
         return self._queue([(outbox.CORRECTION, {"prediction_id": str(prediction_id), "true_label": true_label,
                                                  "corrected_at": corrected_at})])
 
+    def store_answered(self, record: PredictionRecord, *, key_hash: str, body_fingerprint: str,
+                       answer_of: Callable[[StoreOutcome], str]) -> tuple[StoreOutcome, str]:
+        """Store one prediction and the answer given for it under an Idempotency-Key, in one outbox
+        transaction: a crash never keeps one without the other. ``answer_of`` makes the answer
+        (JSON text) from where the prediction went; returns both."""
+        outcome = self._outcome()
+        answer = answer_of(outcome)
+        self._outbox.add_many([(outbox.PREDICTION, record.to_json_dict()),
+                               (outbox.ANSWER, {"key_hash": key_hash, "body_fingerprint": body_fingerprint,
+                                                "prediction_id": str(record.id), "answer": answer})])
+        self.writer.wake()
+        return outcome, answer
+
     def _queue(self, entries) -> StoreOutcome:
         self._outbox.add_many(entries)
         self.writer.wake()
+        return self._outcome()
+
+    def _outcome(self) -> StoreOutcome:
         taking_writes = self._repository is not None and self.writer.answering and self._hosts_up()
         return StoreOutcome.ACCEPTED if taking_writes else StoreOutcome.QUEUED
 
@@ -200,6 +216,23 @@ class PredictionStore:
         zone = buckets.zone(timezone or self.settings.display_timezone)
         repository = self._require_repository()
         return self._read(lambda: repository.accuracy(start=start, end=end, zone=zone))
+
+    def remembered_answer(self, key_hash: str) -> tuple[str, str] | None:
+        """The (body fingerprint, answer JSON) given under an Idempotency-Key in the last day, by this
+        process (its outbox, even with Cassandra away) or another replica (Cassandra), or None.
+
+        Cassandra is asked only while the writer finds it answering, so a hung node never holds a
+        request; when it cannot say, the key counts as new (the README says so).
+        """
+        remembered = self._outbox.answer(key_hash)
+        repository = self._repository
+        if remembered is not None or repository is None or not self.writer.answering:
+            return remembered
+        try:
+            return repository.answer(key_hash)
+        except (*UNAVAILABLE_ERRORS, DriverException) as error:
+            logger.warning("Cassandra could not say whether an Idempotency-Key was answered before: %s", error)
+            return None
 
     def refresh_marked_slots(self, *, days: int = 2) -> int:
         """Recount slots marked dirty on the last ``days`` UTC days by any process (a crashed one included)."""

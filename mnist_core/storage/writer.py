@@ -186,6 +186,7 @@ class OutboxWriter:
                     if self.node_watch.all_up:
                         self._outbox.forget_sent_before(time.time() - self._settings.outbox_resend_window_seconds)
                     self._outbox.bound_sent()
+                    self._outbox.forget_old_answers()
                     self._next_probe_at = now + self._settings.outbox_flush_interval_seconds
                 if now >= self._next_marker_scan_at:
                     today = datetime.datetime.now(buckets.UTC).date()
@@ -250,13 +251,21 @@ class OutboxWriter:
 
     def _send_chunk(self, repository: PredictionRepository, entries: list[outbox.OutboxEntry],
                     prediction_slots: set, correction_slots: set) -> list[outbox.OutboxEntry]:
-        """Write one chunk (predictions first, then corrections); returns the entries written, notes their slots."""
+        """Write one chunk (predictions first, then corrections and answers); returns the entries
+        written, notes their slots."""
         predictions: list[tuple[outbox.OutboxEntry, PredictionRecord]] = []
         corrections: list[tuple[outbox.OutboxEntry, uuid.UUID, int, datetime.datetime]] = []
+        answers: list[tuple[outbox.OutboxEntry, dict]] = []
         for entry in entries:
             try:
                 if entry.kind == outbox.PREDICTION:
                     predictions.append((entry, PredictionRecord.from_json_dict(entry.payload)))
+                elif entry.kind == outbox.ANSWER:
+                    payload = entry.payload
+                    answers.append((entry, {"key_hash": str(payload["key_hash"]),
+                                            "body_fingerprint": str(payload["body_fingerprint"]),
+                                            "prediction_id": uuid.UUID(payload["prediction_id"]),
+                                            "answer": str(payload["answer"])}))
                 else:
                     corrections.append((entry, uuid.UUID(entry.payload["prediction_id"]),
                                         int(entry.payload["true_label"]),
@@ -283,6 +292,15 @@ class OutboxWriter:
                 continue
             written.append(entry)
             correction_slots.add(buckets.slot_start(uuid_time(prediction_id)))
+        for entry, answer in answers:
+            try:
+                repository.write_answer(**answer)
+            except UNAVAILABLE_ERRORS:
+                raise
+            except DriverException as error:
+                self._defer(entry, f"Cassandra refused the answer: {error}")
+                continue
+            written.append(entry)
         return written
 
     def _write_predictions(self, repository, predictions):
