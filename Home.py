@@ -7,7 +7,8 @@ the previous process drains without waiting for a visitor) and closes the store 
 Streamlit runs this file as the page script (``__name__ == "__main__"``) it only declares the
 navigation and the sidebar. The pages live in ``app_pages/``, not ``pages/``: Streamlit
 treats a ``pages/`` folder as the old multipage layout, and a session that starts on a
-page URL such as /history would run that page directly, without this navigation.
+page URL such as /history would run that page directly, without this navigation. With
+``MNIST_DASHBOARD_PASSWORD`` set, a session that has not signed in gets only the sign-in page.
 """
 
 import contextlib
@@ -17,18 +18,26 @@ import threading
 import streamlit as st
 
 if __name__ == "__main__":
-    from dashboard import resources
+    from dashboard import login, resources
 
     st.set_page_config(page_title="Digit reader", page_icon=":material/draw:", layout="wide")
-    navigation = st.navigation(
-        [
-            st.Page("app_pages/draw.py", title="Draw", icon=":material/draw:", default=True, url_path="draw"),
-            st.Page("app_pages/history.py", title="History", icon=":material/monitoring:", url_path="history"),
-            st.Page("app_pages/model.py", title="Model", icon=":material/model_training:", url_path="model"),
-        ]
-    )
-    resources.render_sidebar()
-    navigation.run()
+    # (file, title, icon, URL path); the first is the default page.
+    pages = [
+        ("app_pages/draw.py", "Draw", ":material/draw:", "draw"),
+        ("app_pages/history.py", "History", ":material/monitoring:", "history"),
+        ("app_pages/model.py", "Model", ":material/model_training:", "model"),
+    ]
+    if not login.signed_in():
+        # MNIST_DASHBOARD_PASSWORD is set: every page's URL shows the sign-in form until the session
+        # signs in (then the same URL shows its page), and no navigation or sidebar is drawn.
+        st.navigation([st.Page(login.render, title=title, url_path=url_path, default=index == 0)
+                       for index, (_, title, _, url_path) in enumerate(pages)], position="hidden").run()
+    else:
+        navigation = st.navigation([st.Page(file, title=title, icon=icon, url_path=url_path, default=index == 0)
+                                    for index, (file, title, icon, url_path) in enumerate(pages)])
+        resources.render_sidebar()
+        login.render_sign_out()
+        navigation.run()
 else:
     # Imported by the server (not run as a page): build the ASGI app with the API routes.
     from dashboard import resources

@@ -37,6 +37,7 @@ KEYSPACE_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 # An API key is sent in an HTTP header: visible ASCII only, and long enough not to be guessed.
 API_KEY_MINIMUM_LENGTH = 16
 API_KEY_PATTERN = re.compile(r"^[!-~]+$")
+DASHBOARD_PASSWORD_MINIMUM_LENGTH = 8
 DATACENTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -127,6 +128,8 @@ class Settings:
     confidence_threshold: float = 0.6
     # REST API: when set, /api/predict and /api/stats need it (X-API-Key or Authorization: Bearer)
     api_key: str | None = dataclasses.field(default=None, repr=False)
+    # Dashboard: when set, every page asks for it first (see mnist_core/dashboard_login.py)
+    dashboard_password: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def outbox_path(self) -> pathlib.Path:
@@ -269,6 +272,13 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
         if not API_KEY_PATTERN.match(api_key):
             raise ValueError("MNIST_API_KEY may hold only visible ASCII characters (no spaces), as it is sent in an HTTP header.")
 
+    dashboard_password = _text(mapping, "DASHBOARD_PASSWORD")
+    if dashboard_password is not None and len(dashboard_password) < DASHBOARD_PASSWORD_MINIMUM_LENGTH:
+        raise ValueError(
+            f"MNIST_DASHBOARD_PASSWORD must be at least {DASHBOARD_PASSWORD_MINIMUM_LENGTH} characters long "
+            f"(it has {len(dashboard_password)})."
+        )
+
     display_timezone = _text(mapping, "DISPLAY_TIMEZONE") or defaults.display_timezone
     try:
         zoneinfo.ZoneInfo(display_timezone)
@@ -313,6 +323,7 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
             mapping, "CONFIDENCE_THRESHOLD", defaults.confidence_threshold, minimum=0.0, maximum=1.0
         ),
         api_key=api_key,
+        dashboard_password=dashboard_password,
     )
 
 

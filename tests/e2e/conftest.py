@@ -51,8 +51,10 @@ def app_is_serving(base_url: str) -> bool:
 
 @contextlib.contextmanager
 def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.Path, *,
-                ready: Callable[[str], bool] = app_is_serving) -> Iterator[str]:
-    """`streamlit run Home.py` on a free port with this keyspace and outbox directory, until ``ready(base_url)``.
+                ready: Callable[[str], bool] = app_is_serving,
+                extra_environment: dict[str, str] | None = None) -> Iterator[str]:
+    """`streamlit run Home.py` on a free port with this keyspace and outbox directory (and any
+    other MNIST_* settings in ``extra_environment``), until ``ready(base_url)``.
 
     Yields the base URL; stops the server with SIGTERM (SIGKILL after a grace period).
     """
@@ -66,6 +68,7 @@ def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.P
         "MNIST_DATA_DIR": str(data_directory),
         "MNIST_MODEL_PATH": str(SHIPPED_MODEL_PATH),
         "MNIST_DISPLAY_TIMEZONE": "UTC",
+        **(extra_environment or {}),
     }
     command = [
         sys.executable, "-m", "streamlit", "run", "Home.py",
