@@ -2,7 +2,9 @@
 
 Run: .venv/bin/python bench/hardening.py [--duration 120] [--sessions 20] [--api-rate 50] [--fuzz-cases 1000]
 Smoke run: --duration 20 --sessions 3 --api-rate 10 --fuzz-cases 100 (about 3.5 minutes on two cores,
-most of it Cassandra restarting); --skip-faults and --skip-fuzz leave scenarios out; --help for the rest.
+most of it Cassandra restarting); --skip-faults and --skip-fuzz leave scenarios out; --secured runs the
+app with an API key and a dashboard password (every request sends the key, every browser session
+signs in first); --help for the rest.
 
 Everything it needs runs on loopback and is started and stopped here: a private Cassandra node
 (node 7 on 127.0.0.7:9042, cluster "mnist-hardening"; the shared default node 1 is never touched),
@@ -53,6 +55,7 @@ import os
 import pathlib
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -241,19 +244,29 @@ class AppServer:
     """`streamlit run Home.py` on a free loopback port, pointed at our node, keyspace and outbox directory."""
 
     def __init__(self, *, node: CassandraNode, keyspace: str, data_directory: pathlib.Path, log_path: pathlib.Path,
-                 streamlit_options: list[str] = ()) -> None:
+                 streamlit_options: list[str] = (), api_key: str | None = None,
+                 dashboard_password: str | None = None) -> None:
         self.environment = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items()
+               if name not in ("MNIST_API_KEY", "MNIST_DASHBOARD_PASSWORD")},
             "MNIST_CASSANDRA_CONTACT_POINTS": node.address,
             "MNIST_CASSANDRA_KEYSPACE": keyspace,
             "MNIST_DATA_DIR": str(data_directory),
             "MNIST_DISPLAY_TIMEZONE": "UTC",
         }
+        # --secured: the API needs the key (every request here sends it) and the pages a password.
+        if api_key is not None:
+            self.environment["MNIST_API_KEY"] = api_key
+        if dashboard_password is not None:
+            self.environment["MNIST_DASHBOARD_PASSWORD"] = dashboard_password
+        self.api_key = api_key
+        self.dashboard_password = dashboard_password
+        self.api_headers = {"X-API-Key": api_key} if api_key is not None else {}
         self.log_path = log_path
         self.streamlit_options = list(streamlit_options)
         self.process: subprocess.Popen | None = None
         self.port = 0
-        self.http = httpx2.Client(timeout=10, trust_env=False)
+        self.http = httpx2.Client(timeout=10, trust_env=False, headers=self.api_headers)
 
     @property
     def base_url(self) -> str:
@@ -503,9 +516,9 @@ class ApiLoad:
     """
 
     def __init__(self, *, base_url: str, images: list[tuple[bytes, int]], rate: float, duration: float,
-                 deadline_seconds: float, phase: str = "load") -> None:
+                 deadline_seconds: float, phase: str = "load", headers: dict[str, str] | None = None) -> None:
         self.plan = {"base_url": base_url, "images": images, "rate": rate, "total": int(rate * duration),
-                     "deadline_seconds": deadline_seconds, "phase": phase}
+                     "deadline_seconds": deadline_seconds, "phase": phase, "headers": headers or {}}
         self.results: list[ApiResult] = []
         self.dispatch_lags: list[float] = []
         self.failure: str | None = None
@@ -554,7 +567,7 @@ async def send_open_loop(plan: dict, start_at: float, results: list[ApiResult], 
     # request never races the server closing the connection it was about to reuse.
     limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0)
     async with httpx2.AsyncClient(base_url=plan["base_url"], timeout=API_CLIENT_TIMEOUT_SECONDS, limits=limits,
-                                  trust_env=False) as client:
+                                  trust_env=False, headers=plan["headers"]) as client:
         tasks = []
         for index in range(plan["total"]):
             scheduled = start_at + index / plan["rate"]
@@ -640,8 +653,9 @@ class BrowserSession:
     """One browser context on the Draw page: clear, draw, Predict, wait for the answer; again."""
 
     def __init__(self, index: int, *, browser, base_url: str, drawings: list[tuple[list, int]],
-                 answer_timeout_seconds: float) -> None:
+                 answer_timeout_seconds: float, dashboard_password: str | None = None) -> None:
         self.index = index
+        self.dashboard_password = dashboard_password
         self.browser = browser
         self.base_url = base_url
         self.drawings = drawings
@@ -666,6 +680,11 @@ class BrowserSession:
 
     async def _load(self) -> None:
         await self.page.goto(self.base_url + "/", wait_until="domcontentloaded")
+        if self.dashboard_password is not None:
+            # A new Streamlit session (a reload too) signs in first.
+            await self.page.get_by_role("heading", name="Sign in", exact=True).wait_for()
+            await self.page.get_by_label("Password", exact=True).fill(self.dashboard_password)
+            await self.page.get_by_role("button", name="Sign in", exact=True).click()
         await self.page.get_by_role("button", name="Predict", exact=True).wait_for()
         await self.page.wait_for_selector(IDLE_SELECTOR)
 
@@ -872,7 +891,8 @@ async def browsers_and_api(*, app: AppServer, node: CassandraNode, arguments, ap
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM_PATH), headless=True,
                                                    args=CHROMIUM_ARGUMENTS)
         sessions = [BrowserSession(index, browser=browser, base_url=app.base_url, drawings=drawings,
-                                   answer_timeout_seconds=arguments.answer_timeout)
+                                   answer_timeout_seconds=arguments.answer_timeout,
+                                   dashboard_password=app.dashboard_password)
                     for index in range(arguments.sessions)]
         try:
             # Warm-up: every page open with one answered drawing, and the API served a few times.
@@ -892,7 +912,8 @@ async def browsers_and_api(*, app: AppServer, node: CassandraNode, arguments, ap
 
             await asyncio.gather(*(open_and_draw(session) for session in sessions))
             warm_up = ApiLoad(base_url=app.base_url, images=api_images, rate=max(1.0, arguments.api_rate / 2),
-                              duration=4.0, deadline_seconds=arguments.api_deadline, phase="warm-up")
+                              duration=4.0, deadline_seconds=arguments.api_deadline, phase="warm-up",
+                              headers=app.api_headers)
             await asyncio.to_thread(warm_up.start)
             warm_up.begin(time.monotonic())
             await asyncio.to_thread(warm_up.join)
@@ -908,7 +929,8 @@ async def browsers_and_api(*, app: AppServer, node: CassandraNode, arguments, ap
 
             # The load itself.
             load = ApiLoad(base_url=app.base_url, images=api_images, rate=arguments.api_rate,
-                           duration=arguments.duration, deadline_seconds=arguments.api_deadline)
+                           duration=arguments.duration, deadline_seconds=arguments.api_deadline,
+                           headers=app.api_headers)
             await asyncio.to_thread(load.start)
             sampler = RssSampler(app)
             sampler.start()
@@ -1139,7 +1161,8 @@ def run_restart_fault(*, app: AppServer, node: CassandraNode, keyspace: str, dat
         "started again")
     node.stop()
     ids, failures, outcomes = [], collections.Counter(), collections.Counter()
-    with httpx2.Client(base_url=app.base_url, timeout=API_CLIENT_TIMEOUT_SECONDS, trust_env=False) as client:
+    with httpx2.Client(base_url=app.base_url, timeout=API_CLIENT_TIMEOUT_SECONDS, trust_env=False,
+                       headers=app.api_headers) as client:
         for index in range(count):
             image, _ = api_images[index % len(api_images)]
             try:
@@ -1165,7 +1188,8 @@ def run_restart_fault(*, app: AppServer, node: CassandraNode, keyspace: str, dat
 
     node.start()
     restarted = AppServer(node=node, keyspace=keyspace, data_directory=data_directory, log_path=app.log_path,
-                          streamlit_options=app.streamlit_options)
+                          streamlit_options=app.streamlit_options, api_key=app.api_key,
+                          dashboard_password=app.dashboard_password)
     restarted.start()
     serving = restarted.wait_until_serving()
     # Nobody visits yet: does the outbox drain on its own?
@@ -1549,10 +1573,10 @@ async def send_bad_input(client: httpx2.AsyncClient, port: int, case: BadInput) 
 
 
 async def send_all_bad_inputs(base_url: str, port: int, light: list[BadInput], heavy: list[BadInput],
-                              concurrency: int) -> list[BadInputResult]:
+                              concurrency: int, headers: dict[str, str]) -> list[BadInputResult]:
     limits = httpx2.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
     async with httpx2.AsyncClient(base_url=base_url, timeout=FUZZ_CLIENT_TIMEOUT_SECONDS, limits=limits,
-                                  trust_env=False) as client:
+                                  trust_env=False, headers=headers) as client:
         gate = asyncio.Semaphore(concurrency)
 
         async def limited(case: BadInput) -> BadInputResult:
@@ -1578,7 +1602,8 @@ def run_bad_input(*, app: AppServer, node: CassandraNode, keyspace: str, argumen
     sampler = RssSampler(app)
     sampler.start()
     started = time.monotonic()
-    results = asyncio.run(send_all_bad_inputs(app.base_url, app.port, light, heavy, arguments.fuzz_concurrency))
+    results = asyncio.run(send_all_bad_inputs(app.base_url, app.port, light, heavy, arguments.fuzz_concurrency,
+                                              app.api_headers))
     elapsed = time.monotonic() - started
     rss_peak = sampler.finish()
 
@@ -1677,6 +1702,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--streamlit-option", action="append", default=[], metavar="NAME=VALUE",
                         help="extra `streamlit run` option for the app, e.g. runner.postScriptGC=false (repeatable)")
+    parser.add_argument("--secured", action="store_true",
+                        help="run the app with MNIST_API_KEY and MNIST_DASHBOARD_PASSWORD set (random): every "
+                             "request sends the key, every browser session signs in first")
     parser.add_argument("--keep", action="store_true", help="keep the keyspace and the work directory (logs, outbox)")
     return parser.parse_args()
 
@@ -1715,7 +1743,9 @@ def main() -> int:
         else:
             say(f"node {node.number} started in {node.start():.0f} s")
         app = AppServer(node=node, keyspace=keyspace, data_directory=data_directory, log_path=log_path,
-                        streamlit_options=arguments.streamlit_option)
+                        streamlit_options=arguments.streamlit_option,
+                        api_key=secrets.token_urlsafe(24) if arguments.secured else None,
+                        dashboard_password=secrets.token_urlsafe(12) if arguments.secured else None)
         app.start()
         serving = app.wait_until_serving()
         connected = app.wait_until_drained(APP_START_TIMEOUT_SECONDS)
@@ -1781,7 +1811,7 @@ def main() -> int:
     figures["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     figures["settings"] = {"duration": arguments.duration, "sessions": arguments.sessions, "api_rate": arguments.api_rate,
                            "api_deadline_s": arguments.api_deadline, "answer_timeout_s": arguments.answer_timeout,
-                           "streamlit_options": arguments.streamlit_option}
+                           "streamlit_options": arguments.streamlit_option, "secured": arguments.secured}
     leading = ["load_errors", "lost", "duplicated", "fuzz_cases", "fuzz_crashes", "rss_growth_pct"]
     ordered = {key: figures.get(key) for key in leading}
     ordered.update({key: value for key, value in figures.items() if key not in ordered})

@@ -11,7 +11,8 @@
 - Bodies over the limit: 413 with nothing stored. tests/test_rest_api.py checks the message
   for a declared length and tests/test_fuzz_rest_api.py sends many such bodies; here the
   chunked case and "nothing stored" are checked without relying on chance.
-- XSRF protection stays on for the Streamlit server (the upload box posts through it).
+- XSRF protection stays on for the Streamlit server (the upload box posts through it), and
+  an unexpected error shows users a generic sentence, never its message or a traceback.
 - No credentials in the files git tracks or would add; the scanner proves it catches fakes.
 - No known vulnerability in requirements.txt, with evidence for every pin: pip-audit (OSV or
   PyPI's per-release JSON) where it can audit the pin, else PyPI's per-project JSON, whose
@@ -434,6 +435,21 @@ def test_xsrf_protection_is_on_in_the_streamlit_configuration() -> None:
     assert server.get("enableXsrfProtection") is True
     # Streamlit turns CORS back on when XSRF protection is on; a config asking for both off would be a change of policy.
     assert server.get("enableCORS", True) is not False
+
+
+def test_users_never_see_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.chdir(REPOSITORY_ROOT)
+    configuration = tomllib.loads((REPOSITORY_ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert configuration["client"]["showErrorDetails"] == "none"
+    # A page that fails unexpectedly, run with the project's configuration (read from the working
+    # directory, as `streamlit run` does): the user sees a generic sentence, not the error or a path.
+    app = AppTest.from_string("raise RuntimeError('cannot open /srv/secret/model.tflite')")
+    app.run()
+    shown = " ".join(str(element.message) + " " + str(getattr(element, "stack_trace", "")) for element in app.exception)
+    assert app.exception and "redacted" in shown
+    assert "/srv/secret" not in shown and "RuntimeError" not in shown
 
 
 def test_no_file_turns_xsrf_protection_off() -> None:
