@@ -11,7 +11,10 @@
 # to the administrator, so running this on every `docker compose up` is safe.
 #
 # Environment:
-#   ADMIN_PASSWORD, APP_PASSWORD   required
+#   ADMIN_PASSWORD_FILE, APP_PASSWORD_FILE
+#                                  files holding the passwords (compose mounts its secrets there,
+#                                  so no password is in any container's environment); or
+#   ADMIN_PASSWORD, APP_PASSWORD   the passwords themselves (one of each pair is required)
 #   ADMIN_USERNAME                 default mnist_admin
 #   APP_USERNAME, APP_KEYSPACE     default mnist, mnist
 #   CASSANDRA_HOST, CASSANDRA_PORT default cassandra, 9042
@@ -34,10 +37,22 @@ fail() {
 
 host="${CASSANDRA_HOST:-cassandra}"
 port="${CASSANDRA_PORT:-9042}"
+# A password from NAME_FILE (its first line) when that is set, else from NAME.
+password_from() {
+    local name="$1" file_variable="${1}_FILE"
+    local file="${!file_variable:-}"
+    if [[ -n "$file" ]]; then
+        [[ -r "$file" ]] || fail "$file_variable=$file cannot be read."
+        head -n 1 "$file" | tr -d '\r\n'
+    else
+        printf '%s' "${!name:-}"
+    fi
+}
+
 admin_username="${ADMIN_USERNAME:-mnist_admin}"
-admin_password="${ADMIN_PASSWORD:-}"
+admin_password="$(password_from ADMIN_PASSWORD)"
 app_username="${APP_USERNAME:-mnist}"
-app_password="${APP_PASSWORD:-}"
+app_password="$(password_from APP_PASSWORD)"
 keyspace="${APP_KEYSPACE:-mnist}"
 datacenter="${AUTH_DATACENTER:-datacenter1}"
 replication_factor="${AUTH_REPLICATION_FACTOR:-1}"
@@ -61,7 +76,7 @@ done
 [[ "$admin_username" != "$app_username" ]] || fail "ADMIN_USERNAME and APP_USERNAME must differ: the app must not run as a superuser."
 for pair in "ADMIN_PASSWORD=$admin_password" "APP_PASSWORD=$app_password"; do
     value="${pair#*=}"
-    [[ -n "$value" ]] || fail "Set ${pair%%=*} (compose takes it from CASSANDRA_ADMIN_PASSWORD / CASSANDRA_PASSWORD)."
+    [[ -n "$value" ]] || fail "Set ${pair%%=*} or ${pair%%=*}_FILE (compose mounts the secrets of scripts/make-secrets)."
     [[ "$value" != "$default_superuser" ]] || fail "${pair%%=*} must not be the well-known default password."
     # The credentials file handed to cqlsh is an INI file: no line breaks, no edge spaces.
     [[ "$value" != *$'\n'* && "$value" == "${value#[[:space:]]}" && "$value" == "${value%[[:space:]]}" ]] ||

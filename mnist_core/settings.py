@@ -212,6 +212,30 @@ def _path(mapping: Mapping[str, str], name: str, default: pathlib.Path | None) -
     return path if path.is_absolute() else REPOSITORY_ROOT / path
 
 
+def _secret(mapping: Mapping[str, str], name: str, file_name: str, *, strip: bool) -> str | None:
+    """A secret given as MNIST_<name>, or in the file MNIST_<file_name> names (its first line, as
+    compose secrets are mounted); None when neither is set or the file is empty.
+
+    A file that is named but cannot be read stops start-up: running without the key or password
+    it holds would open what it guards (or fail later with a confusing login error).
+    """
+    value = mapping.get(ENVIRONMENT_PREFIX + name)
+    path = _text(mapping, file_name)
+    if path is not None:
+        if value not in (None, ""):
+            raise ValueError(f"Set {ENVIRONMENT_PREFIX}{name} or {ENVIRONMENT_PREFIX}{file_name}, not both.")
+        try:
+            lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ValueError(f"{ENVIRONMENT_PREFIX}{file_name} names {path}, which cannot be read ({reason}).") from None
+        value = lines[0] if lines else ""
+    if value is None:
+        return None
+    value = str(value).strip() if strip else str(value)
+    return value or None
+
+
 def _existing_file(mapping: Mapping[str, str], name: str) -> pathlib.Path | None:
     path = _path(mapping, name, None)
     if path is not None and not path.is_file():
@@ -242,8 +266,7 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
     datacenter = _text(mapping, "CASSANDRA_DATACENTER") or defaults.cassandra_datacenter
 
     username = _text(mapping, "CASSANDRA_USERNAME")
-    password = mapping.get(ENVIRONMENT_PREFIX + "CASSANDRA_PASSWORD")
-    password = None if password is None or str(password) == "" else str(password)
+    password = _secret(mapping, "CASSANDRA_PASSWORD", "CASSANDRA_PASSWORD_FILE", strip=False)
     if (username is None) != (password is None):
         raise ValueError("Set both MNIST_CASSANDRA_USERNAME and MNIST_CASSANDRA_PASSWORD, or neither.")
 
@@ -261,7 +284,7 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
     if certificate_file is not None and ca_file is None:
         raise ValueError("A client certificate needs MNIST_CASSANDRA_TLS_CA_FILE too, to verify the server.")
 
-    api_key = _text(mapping, "API_KEY")
+    api_key = _secret(mapping, "API_KEY", "API_KEY_FILE", strip=True)
     if api_key is not None:
         # The messages never repeat the key: they end up in logs.
         if len(api_key) < API_KEY_MINIMUM_LENGTH:
@@ -272,7 +295,7 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
         if not API_KEY_PATTERN.match(api_key):
             raise ValueError("MNIST_API_KEY may hold only visible ASCII characters (no spaces), as it is sent in an HTTP header.")
 
-    dashboard_password = _text(mapping, "DASHBOARD_PASSWORD")
+    dashboard_password = _secret(mapping, "DASHBOARD_PASSWORD", "DASHBOARD_PASSWORD_FILE", strip=True)
     if dashboard_password is not None and len(dashboard_password) < DASHBOARD_PASSWORD_MINIMUM_LENGTH:
         raise ValueError(
             f"MNIST_DASHBOARD_PASSWORD must be at least {DASHBOARD_PASSWORD_MINIMUM_LENGTH} characters long "

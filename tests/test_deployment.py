@@ -47,7 +47,8 @@ SETTINGS_SOURCE = REPOSITORY_ROOT / "mnist_core" / "settings.py"
 README = REPOSITORY_ROOT / "README.md"
 
 # Values standing in for the operator's secrets when a compose file is interpolated.
-OPERATOR_ENVIRONMENT = {"CASSANDRA_PASSWORD": "app-secret-1", "CASSANDRA_ADMIN_PASSWORD": "admin-secret-2"}
+# What an operator may set for compose (passwords are secret files, not variables).
+OPERATOR_ENVIRONMENT = {"CASSANDRA_KEYSPACE": "mnist"}
 STREAMLIT_HEALTH_URL = "http://localhost:8501/_stcore/health"
 CQL_OPTIONS_FRAME_V4 = bytes([0x04, 0, 0, 0, 0x05, 0, 0, 0, 0])
 
@@ -290,7 +291,9 @@ def setting_variable_names() -> set[str]:
             and isinstance(node.args[1], ast.Constant)
             and isinstance(node.args[1].value, str)
         ):
-            names.add("MNIST_" + node.args[1].value)
+            # Every name a helper is given (a secret's value and its _FILE variant too).
+            names.update("MNIST_" + argument.value for argument in node.args[1:]
+                         if isinstance(argument, ast.Constant) and isinstance(argument.value, str))
         if (
             isinstance(node, ast.BinOp)
             and isinstance(node.left, ast.Name)
@@ -508,6 +511,7 @@ def test_image_holds_every_first_party_package_the_app_imports() -> None:
         "dashboard/charts.pyc",
         ".streamlit/secrets.toml",
         ".env",
+        "secrets/cassandra_password",
         "compose.yaml",
     ],
 )
@@ -767,30 +771,44 @@ def test_app_service_restart_port_and_outbox_volume() -> None:
     assert named_volume_target(app, "/data", project)
 
 
-# Passwords that turn a feature on when set (the dashboard's sign-in); every other one is required.
-OPTIONAL_PASSWORDS = {"MNIST_DASHBOARD_PASSWORD"}
+SECRET_NAMES = {"cassandra_password", "cassandra_admin_password", "api_key", "dashboard_password"}
 
 
-def test_passwords_come_only_from_the_environment_and_are_required() -> None:
+def test_no_container_gets_a_password_in_its_environment_only_secret_files() -> None:
+    """Compose secrets (files mounted at /run/secrets), not environment values that `docker inspect` shows."""
+    base = load_yaml(COMPOSE_FILE)
+    declared = base["secrets"]
+    assert set(declared) == SECRET_NAMES
+    for name, secret in declared.items():
+        # Made by scripts/make-secrets in ./secrets (kept out of git and the image), or elsewhere.
+        assert re.fullmatch(r"\$\{[A-Z_]+_FILE:-\./secrets/" + name + r"\}", secret["file"]), secret
     for path in (COMPOSE_FILE, CLUSTER_COMPOSE_FILE):
         project = load_yaml(path)
         for service_name, service in project["services"].items():
             for name, value in environment_of(service).items():
-                if name in OPTIONAL_PASSWORDS:
-                    # Off unless the operator sets one: an empty default, never a default password.
-                    assert value == f"${{{name}:-}}", f"{path.name}: {service_name}.{name} is {value!r}."
-                elif "PASSWORD" in name:
-                    assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), (
-                        f"{path.name}: {service_name}.{name} must be ${{VAR:?message}}, not {value!r}."
-                    )
-    with pytest.raises(MissingVariable, match="CASSANDRA_ADMIN_PASSWORD|CASSANDRA_PASSWORD"):
-        interpolate_all(single_node_project(), {})
-    with pytest.raises(MissingVariable, match="CASSANDRA_PASSWORD"):
-        interpolate_all(single_node_project(), {"CASSANDRA_ADMIN_PASSWORD": "x"})
-    with pytest.raises(MissingVariable, match="CASSANDRA_ADMIN_PASSWORD"):
-        interpolate_all(single_node_project(), {"CASSANDRA_PASSWORD": "x"})
+                if re.search(r"PASSWORD|API_KEY|SECRET|TOKEN", name):
+                    assert name.endswith("_FILE"), f"{path.name}: {service_name}.{name} holds a secret itself."
+                    secret = value.removeprefix("/run/secrets/")
+                    assert value == f"/run/secrets/{secret}" and secret in declared, (service_name, name, value)
+                    merged = single_node_project()["services"][service_name]
+                    assert secret in merged.get("secrets", []), f"{service_name} reads {secret} but does not mount it."
+    assert "secrets/" in (REPOSITORY_ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert left_out_of_build_context("secrets/cassandra_password")
     text = COMPOSE_FILE.read_text() + CLUSTER_COMPOSE_FILE.read_text()
     assert not re.search(r"(?i)password\W+cassandra\b", text)
+
+
+# The secret files as compose would mount them, for reading the services' settings here.
+SECRET_FILE_CONTENTS = {"cassandra_password": "app-secret-1", "cassandra_admin_password": "admin-secret-2",
+                        "api_key": "", "dashboard_password": ""}
+
+
+def with_mounted_secrets(environment: dict[str, str], directory: pathlib.Path) -> dict[str, str]:
+    """The environment with /run/secrets/<name> paths pointing at files in `directory` instead."""
+    directory.mkdir(exist_ok=True)
+    for name, content in SECRET_FILE_CONTENTS.items():
+        (directory / name).write_text(content)
+    return {name: value.replace("/run/secrets/", f"{directory}/") for name, value in environment.items()}
 
 
 def app_environment(project: dict) -> dict[str, str]:
@@ -799,16 +817,18 @@ def app_environment(project: dict) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("project_loader", [single_node_project, cluster_project], ids=["single", "cluster"])
-def test_app_environment_is_made_of_real_valid_settings(project_loader) -> None:
+def test_app_environment_is_made_of_real_valid_settings(project_loader, tmp_path: pathlib.Path) -> None:
     project = project_loader()
     environment = app_environment(project)
     unknown = set(environment) - setting_variable_names()
     assert not unknown, f"Not settings that mnist_core/settings.py reads: {sorted(unknown)}"
     image_environment = {name: value for name, value in dockerfile_environment().items() if name.startswith("MNIST_")}
-    settings = settings_from_mapping({**image_environment, **environment})
+    settings = settings_from_mapping(with_mounted_secrets({**image_environment, **environment}, tmp_path / "run"))
     assert settings.authentication_enabled
     assert settings.cassandra_username not in {"cassandra", ""}
-    assert settings.cassandra_password == OPERATOR_ENVIRONMENT["CASSANDRA_PASSWORD"]
+    assert settings.cassandra_password == SECRET_FILE_CONTENTS["cassandra_password"]
+    # Empty optional files leave the API and the pages open, as documented.
+    assert settings.api_key is None and settings.dashboard_password is None
     nodes = cassandra_nodes(interpolate_all(project, OPERATOR_ENVIRONMENT))
     datacenters = {environment_of(node)["CASSANDRA_DC"] for node in nodes.values()}
     assert datacenters == {settings.cassandra_datacenter}
@@ -819,7 +839,7 @@ def test_app_environment_is_made_of_real_valid_settings(project_loader) -> None:
     # The init creates the role the app logs in with.
     init = environment_of(interpolate_all(project, OPERATOR_ENVIRONMENT)["services"]["cassandra-init"])
     assert init["APP_USERNAME"] == settings.cassandra_username
-    assert init["APP_PASSWORD"] == settings.cassandra_password
+    assert init["APP_PASSWORD_FILE"] == environment["MNIST_CASSANDRA_PASSWORD_FILE"]
     assert init["APP_KEYSPACE"] == settings.cassandra_keyspace
     assert init["ADMIN_USERNAME"] != init["APP_USERNAME"]
     assert int(init["AUTH_REPLICATION_FACTOR"]) == len(nodes)
@@ -1135,6 +1155,33 @@ def test_init_passes_passwords_with_quotes_intact(fake_cassandra: FakeCassandra)
     assert roles["mnist"]["password"] == "it's; DROP ROLE x; --"
     assert roles["mnist_admin"]["password"] == "a'b''c"
     assert "x" not in roles
+
+
+def test_init_reads_the_passwords_from_the_secret_files_compose_mounts(fake_cassandra: FakeCassandra,
+                                                                        tmp_path: pathlib.Path) -> None:
+    (tmp_path / "admin").write_text("admin-from-file\n")
+    (tmp_path / "app").write_text("app-from-file")
+    result = fake_cassandra.run_init(ADMIN_PASSWORD="", APP_PASSWORD="", ADMIN_PASSWORD_FILE=str(tmp_path / "admin"),
+                                     APP_PASSWORD_FILE=str(tmp_path / "app"))
+    assert result.returncode == 0, result.stderr
+    roles = fake_cassandra.read()["roles"]
+    assert roles["mnist_admin"]["password"] == "admin-from-file"
+    assert roles["mnist"]["password"] == "app-from-file"
+    missing = fake_cassandra.run_init(APP_PASSWORD_FILE=str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "APP_PASSWORD_FILE" in missing.stderr
+
+
+def test_make_secrets_writes_random_passwords_once_and_empty_optional_files(tmp_path: pathlib.Path) -> None:
+    directory = tmp_path / "secrets"
+    command = [str(REPOSITORY_ROOT / "scripts" / "make-secrets"), str(directory)]
+    subprocess.run(command, check=True, capture_output=True, timeout=30)
+    first = {path.name: path.read_text() for path in directory.iterdir()}
+    assert set(first) == set(load_yaml(COMPOSE_FILE)["secrets"])
+    assert len(first["cassandra_password"]) >= 32 and first["cassandra_password"] != first["cassandra_admin_password"]
+    assert first["api_key"] == first["dashboard_password"] == ""
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    subprocess.run(command, check=True, capture_output=True, timeout=30)
+    assert {path.name: path.read_text() for path in directory.iterdir()} == first, "a second run keeps every file"
 
 
 @pytest.mark.parametrize(

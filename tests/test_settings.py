@@ -155,3 +155,32 @@ def test_streamlit_secrets_overlay_the_environment_inside_an_app(monkeypatch: py
     assert not app_test.exception
     # Secrets win where they say something; the environment fills in the rest.
     assert app_test.markdown[0].value == "from_secrets|Asia/Tokyo|9142"
+
+
+def test_secrets_can_come_from_files_as_compose_mounts_them(tmp_path) -> None:
+    from mnist_core.settings import settings_from_mapping
+
+    (tmp_path / "password").write_text("s3cret with spaces \n")
+    (tmp_path / "key").write_text("k" * 20 + "\n")
+    (tmp_path / "empty").write_text("")
+    settings = settings_from_mapping({
+        "MNIST_CASSANDRA_USERNAME": "mnist",
+        "MNIST_CASSANDRA_PASSWORD_FILE": str(tmp_path / "password"),
+        "MNIST_API_KEY_FILE": str(tmp_path / "key"),
+        "MNIST_DASHBOARD_PASSWORD_FILE": str(tmp_path / "empty"),
+    })
+    # The first line as it is (a Cassandra password may end in a space); the key stripped.
+    assert settings.cassandra_password == "s3cret with spaces "
+    assert settings.api_key == "k" * 20
+    assert settings.dashboard_password is None  # an empty file leaves the feature off
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"MNIST_API_KEY_FILE": "/nonexistent/api_key"}, "MNIST_API_KEY_FILE names /nonexistent/api_key, which cannot be read"),
+    ({"MNIST_API_KEY_FILE": "/nonexistent/api_key", "MNIST_API_KEY": "k" * 20}, "not both"),
+])
+def test_a_secret_file_that_cannot_be_read_stops_start_up(mapping, message) -> None:
+    from mnist_core.settings import settings_from_mapping
+
+    with pytest.raises(ValueError, match=message):
+        settings_from_mapping(mapping)
