@@ -4,9 +4,9 @@
 # First boot (the built-in superuser cassandra/cassandra still logs in): replicate system_auth to
 # every node, then create the administrator role (ADMIN_USERNAME, ADMIN_PASSWORD). Every run,
 # logged in as that administrator: keep system_auth replicated, create or update the app's role
-# (APP_USERNAME, APP_PASSWORD) with the right to create its keyspace (the app creates it itself
-# at start-up, with CREATE KEYSPACE IF NOT EXISTS, which Cassandra checks against ALL KEYSPACES)
-# and every right on that keyspace once it exists, and lock the built-in superuser (a random
+# (APP_USERNAME, APP_PASSWORD) with no right to change any schema (compose's schema job, as the
+# administrator, creates the keyspace and its tables and grants the app SELECT and MODIFY on it),
+# and lock the built-in superuser (a random
 # password, no login, no superuser). Later runs find cassandra/cassandra locked and go straight
 # to the administrator, so running this on every `docker compose up` is safe.
 #
@@ -108,14 +108,6 @@ logs_in() {
     echo "SELECT release_version FROM system.local;" | cql_as "$1" "$2" >/dev/null 2>&1
 }
 
-# True when the query (run as the administrator) returns exactly one row; a failed query stops
-# the script rather than reading as "no row".
-one_row() {
-    local output
-    output="$(echo "$1" | cql_as "$admin_username" "$admin_password")" || fail "this query failed: $1"
-    grep -q '^(1 rows)$' <<<"$output"
-}
-
 auth_replication="{'class': 'NetworkTopologyStrategy', '$datacenter': $replication_factor}"
 
 # --- Log in as the administrator, creating it with the built-in superuser on first boot -------
@@ -149,15 +141,12 @@ cql_as "$admin_username" "$admin_password" <<EOF
 ALTER KEYSPACE system_auth WITH replication = $auth_replication;
 CREATE ROLE IF NOT EXISTS $(quoted "$app_username") WITH PASSWORD = $(quoted "$app_password") AND LOGIN = true;
 ALTER ROLE $(quoted "$app_username") WITH PASSWORD = $(quoted "$app_password") AND LOGIN = true AND SUPERUSER = false;
-GRANT CREATE ON ALL KEYSPACES TO $(quoted "$app_username");
+REVOKE CREATE ON ALL KEYSPACES FROM $(quoted "$app_username");
 EOF
-
-# Cassandra gives the creator of a keyspace every right on it. When the keyspace already exists
-# (created by an earlier role, or by hand), grant them explicitly.
-if one_row "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = $(quoted "${keyspace,,}");"; then
-    echo "GRANT ALL PERMISSIONS ON KEYSPACE ${keyspace,,} TO $(quoted "$app_username");" |
-        cql_as "$admin_username" "$admin_password"
-fi
+# The app's rights on its keyspace (SELECT and MODIFY, nothing that changes the schema) are
+# granted by compose's schema job once it has made the keyspace as the administrator
+# (python -m mnist_core migrate --grant-to); the REVOKE above takes back what setups before
+# that gave the app (the right to create any keyspace).
 
 # Read at ALL: on a cluster's first boot the built-in role was written while system_auth had one
 # replica, so a read from fewer nodes could miss it (and leave it unlocked); reading every node
@@ -173,4 +162,4 @@ elif grep -q '^(1 rows)$' <<<"$role_rows"; then
         cql_as "$admin_username" "$admin_password"
 fi
 
-say "done: '$app_username' can create and use keyspace '$keyspace'; the built-in superuser cannot log in."
+say "done: '$app_username' is set up (its rights on keyspace '$keyspace' come from the schema job); the built-in superuser cannot log in."

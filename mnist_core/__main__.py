@@ -1,4 +1,8 @@
-"""Command line: `python -m mnist_core predict FILE [FILE ...]`.
+"""Command line: `python -m mnist_core predict FILE [FILE ...]`, and `python -m mnist_core migrate`.
+
+`migrate` applies the schema files (mnist_core/schema) to the keyspace the settings name, as the
+role they log in with: an administrator's job where the app's own role may not change the schema
+(compose's schema service runs it before the app starts). It prints the versions it applied.
 
 Prints one JSON object per file, one per line, in the order given. Other tools parse this
 output, so its keys are a contract: file, digit, confidence, probabilities, and number
@@ -62,6 +66,35 @@ def predict_files(files: list[str], recognizer, output=sys.stdout) -> int:
     return 1 if failures else 0
 
 
+def migrate(*, grant_to: str | None = None, output=sys.stdout) -> int:
+    """Apply every schema file not yet applied, and with `grant_to` leave that role SELECT and
+    MODIFY on the keyspace and nothing else there; 0 when done, 2 with a sentence if not."""
+    from cassandra import DriverException
+
+    from mnist_core.settings import get_settings
+    from mnist_core.storage import StorageError, connection, migrations
+
+    try:
+        settings = get_settings()
+        cluster, _ = connection.connect(settings)
+    except (StorageError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        applied = migrations.apply_migrations(cluster, keyspace=settings.cassandra_keyspace,
+                                              replication=settings.cassandra_replication)
+        if grant_to is not None:
+            migrations.grant_reading_and_writing(cluster, keyspace=settings.cassandra_keyspace, role=grant_to)
+    except (StorageError, DriverException, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        cluster.shutdown()
+    output.write(json.dumps({"keyspace": settings.cassandra_keyspace, "applied": applied,
+                             "granted_to": grant_to}) + "\n")
+    return 0
+
+
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_core",
                                      description="Read handwritten digits in image files.")
@@ -73,7 +106,12 @@ def main(arguments: list[str] | None = None) -> int:
     predict.add_argument("--keras", action="store_true",
                          help="read with the .keras file beside the model instead, on TensorFlow "
                               "(slow to start; a check that the two runtimes agree)")
+    migrate_command = commands.add_parser("migrate", help="apply the schema files to the configured keyspace, then exit")
+    migrate_command.add_argument("--grant-to", metavar="ROLE", default=None,
+                                 help="then leave ROLE exactly SELECT and MODIFY on the keyspace (the app's role)")
     parsed = parser.parse_args(sys.argv[1:] if arguments is None else arguments)
+    if parsed.command == "migrate":
+        return migrate(grant_to=parsed.grant_to)
 
     from mnist_core.inference import load_recognizer
     from mnist_core.settings import get_settings

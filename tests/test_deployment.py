@@ -845,6 +845,28 @@ def test_app_environment_is_made_of_real_valid_settings(project_loader, tmp_path
     assert int(init["AUTH_REPLICATION_FACTOR"]) == len(nodes)
 
 
+@pytest.mark.parametrize("project_loader", [single_node_project, cluster_project], ids=["single", "cluster"])
+def test_the_schema_job_applies_the_schema_as_the_administrator_and_grants_the_app_only_reads_and_writes(
+        project_loader, tmp_path: pathlib.Path) -> None:
+    project = interpolate_all(project_loader(), OPERATOR_ENVIRONMENT)
+    services = project["services"]
+    schema, app, init = services["schema"], services["app"], services["cassandra-init"]
+    assert schema["depends_on"]["cassandra-init"]["condition"] == "service_completed_successfully"
+    assert app["depends_on"]["schema"]["condition"] == "service_completed_successfully"
+    assert schema["image"] == app["image"] and schema["restart"] == "no"
+    job, app_environment_ = environment_of(schema), environment_of(app)
+    image_environment = {name: value for name, value in dockerfile_environment().items() if name.startswith("MNIST_")}
+    job_settings = settings_from_mapping(with_mounted_secrets({**image_environment, **job}, tmp_path / "run"))
+    app_settings = settings_from_mapping(with_mounted_secrets({**image_environment, **app_environment_}, tmp_path / "run"))
+    # The administrator's role and secret, the app's keyspace, nodes and replication.
+    assert job_settings.cassandra_username == environment_of(init)["ADMIN_USERNAME"]
+    assert job["MNIST_CASSANDRA_PASSWORD_FILE"] == environment_of(init)["ADMIN_PASSWORD_FILE"]
+    assert "cassandra_admin_password" in schema["secrets"] and "cassandra_admin_password" not in app["secrets"]
+    for field in ("cassandra_keyspace", "cassandra_contact_points", "cassandra_replication", "cassandra_datacenter"):
+        assert getattr(job_settings, field) == getattr(app_settings, field), field
+    assert schema["command"] == ["python", "-m", "mnist_core", "migrate", "--grant-to", app_settings.cassandra_username]
+
+
 def test_every_variable_the_compose_files_read_is_in_the_environment_example() -> None:
     example = ENVIRONMENT_EXAMPLE.read_text(encoding="utf-8")
     for variable in referenced_variables(COMPOSE_FILE) | referenced_variables(CLUSTER_COMPOSE_FILE):
@@ -1017,6 +1039,11 @@ for statement in statements:
             sys.exit(f"<stdin>:1:InvalidRequest: Resource <keyspace {match.group(3)}> doesn't exist")
         state["grants"].append([literal(match.group(4)), match.group(1), match.group(2)])
         continue
+    match = re.fullmatch(r"REVOKE (CREATE|ALL PERMISSIONS) ON (ALL KEYSPACES|KEYSPACE (\w+)) FROM " + STRING, statement)
+    if match:
+        revoked = [literal(match.group(4)), match.group(1), match.group(2)]
+        state["grants"] = [grant for grant in state["grants"] if grant != revoked]
+        continue
     save()
     sys.exit(f"<stdin>:1:SyntaxException: the fake cqlsh does not know: {statement}")
 save()
@@ -1088,7 +1115,8 @@ def test_init_first_boot_creates_the_roles_and_locks_the_default_superuser(fake_
     roles = state["roles"]
     assert roles["mnist_admin"] == {"password": "admin-secret-2", "login": True, "superuser": True}
     assert roles["mnist"] == {"password": "app-secret-1", "login": True, "superuser": False}
-    assert ["mnist", "CREATE", "ALL KEYSPACES"] in state["grants"]
+    # No right to change a schema: compose's schema job grants SELECT and MODIFY on the keyspace.
+    assert state["grants"] == []
     locked = roles["cassandra"]
     assert locked["login"] is False and locked["superuser"] is False
     assert locked["password"] not in {"cassandra", "admin-secret-2", "app-secret-1"} and len(locked["password"]) >= 32
@@ -1103,10 +1131,12 @@ def test_init_first_boot_creates_the_roles_and_locks_the_default_superuser(fake_
     assert first_alter < first_create
 
 
-def test_init_runs_again_as_the_administrator_and_grants_the_existing_keyspace(fake_cassandra: FakeCassandra) -> None:
+def test_init_runs_again_as_the_administrator_and_takes_back_the_old_broad_grant(fake_cassandra: FakeCassandra) -> None:
     assert fake_cassandra.run_init().returncode == 0
     state = fake_cassandra.read()
-    state["keyspaces"].append("mnist")  # the app created its keyspace in between
+    state["keyspaces"].append("mnist")
+    # What the init of earlier versions granted, for the app to create its own keyspace.
+    state["grants"].append(["mnist", "CREATE", "ALL KEYSPACES"])
     state["log"], state["logins"] = [], []
     fake_cassandra.write(state)
 
@@ -1115,7 +1145,7 @@ def test_init_runs_again_as_the_administrator_and_grants_the_existing_keyspace(f
     state = fake_cassandra.read()
     assert set(state["logins"]) == {"mnist_admin"}, "The built-in superuser is locked; the second run must not need it."
     assert state["roles"]["mnist"]["password"] == "rotated-3"
-    assert ["mnist", "ALL PERMISSIONS", "KEYSPACE mnist"] in state["grants"]
+    assert ["mnist", "CREATE", "ALL KEYSPACES"] not in state["grants"]
     assert state["roles"]["cassandra"]["login"] is False
 
 

@@ -21,8 +21,8 @@ APPLICATION_PASSWORD = "app-" + uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(scope="module")
-def application_role(auth_cassandra_node, plain_cluster, module_keyspace):
-    """Log in as the default superuser (created a moment after start-up) and create the app's own role."""
+def superuser_session(auth_cassandra_node, plain_cluster):
+    """A session as the default superuser (created a moment after start-up)."""
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import NoHostAvailable
 
@@ -38,15 +38,80 @@ def application_role(auth_cassandra_node, plain_cluster, module_keyspace):
                 raise
             time.sleep(1)
     try:
-        session.execute(
-            f"CREATE ROLE IF NOT EXISTS {APPLICATION_ROLE} WITH LOGIN = true AND PASSWORD = %s", (APPLICATION_PASSWORD,)
-        )
-        session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {APPLICATION_ROLE}")
-        yield APPLICATION_ROLE
-        session.execute(f"DROP KEYSPACE IF EXISTS {module_keyspace}", timeout=60)
-        session.execute(f"DROP ROLE IF EXISTS {APPLICATION_ROLE}")
+        yield session
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def application_role(superuser_session, module_keyspace):
+    """The app's own role, allowed to create its keyspace."""
+    session = superuser_session
+    session.execute(
+        f"CREATE ROLE IF NOT EXISTS {APPLICATION_ROLE} WITH LOGIN = true AND PASSWORD = %s", (APPLICATION_PASSWORD,)
+    )
+    session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {APPLICATION_ROLE}")
+    yield APPLICATION_ROLE
+    session.execute(f"DROP KEYSPACE IF EXISTS {module_keyspace}", timeout=60)
+    session.execute(f"DROP ROLE IF EXISTS {APPLICATION_ROLE}")
+
+
+def test_a_role_that_may_only_read_and_write_runs_on_a_schema_an_administrator_applied(
+        superuser_session, auth_cassandra_node, settings_for, make_record, tmp_path) -> None:
+    """Least privilege, as compose sets it up: the administrator applies the schema with
+    `python -m mnist_core migrate`; the app's role holds SELECT and MODIFY on the keyspace only."""
+    import os
+    import sys
+
+    from mnist_core.storage import SchemaMigrationError
+
+    suffix = uuid.uuid4().hex[:8]
+    keyspace, behind, role, password = f"least_{suffix}", f"behind_{suffix}", f"writer_{suffix}", "w-" + suffix
+    administrator = {**os.environ, "MNIST_CASSANDRA_CONTACT_POINTS": auth_cassandra_node,
+                     "MNIST_CASSANDRA_KEYSPACE": keyspace, "MNIST_CASSANDRA_USERNAME": "cassandra",
+                     "MNIST_CASSANDRA_PASSWORD": "cassandra", "MNIST_DATA_DIR": str(tmp_path / "admin")}
+    session = superuser_session
+    migrate = [sys.executable, "-m", "mnist_core", "migrate", "--grant-to", role]
+    try:
+        session.execute(f"CREATE ROLE {role} WITH LOGIN = true AND PASSWORD = %s", (password,))
+        migrated = subprocess.run(migrate, env=administrator, capture_output=True, text=True, timeout=300, check=False)
+        assert migrated.returncode == 0, migrated.stderr
+        assert '"applied": [0, 1, 2, 3]' in migrated.stdout
+        again = subprocess.run(migrate, env=administrator, capture_output=True, text=True, timeout=300, check=False)
+        assert '"applied": []' in again.stdout, again.stdout + again.stderr
+        permissions = {row.permission for row in session.execute(f"LIST ALL PERMISSIONS OF {role}")}
+        assert permissions == {"SELECT", "MODIFY"}, permissions
+        session.execute(f"CREATE KEYSPACE {behind} WITH replication = {{'class': 'SimpleStrategy', "
+                        "'replication_factor': 1}", timeout=60)
+        session.execute(f"GRANT SELECT ON KEYSPACE {behind} TO {role}")
+        session.execute(f"GRANT MODIFY ON KEYSPACE {behind} TO {role}")
+
+        store = PredictionStore(settings_for(MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node,
+                                             MNIST_CASSANDRA_KEYSPACE=keyspace, MNIST_CASSANDRA_USERNAME=role,
+                                             MNIST_CASSANDRA_PASSWORD=password), background=False)
+        try:
+            store.connect()
+            record = make_record(digit=4)
+            store.store(record)
+            assert store.flush() == 1
+            assert store.latest(1) == [record]
+        finally:
+            store.close()
+
+        # A keyspace whose schema is behind: the role cannot apply it, and says who can.
+        lagging = PredictionStore(settings_for(MNIST_CASSANDRA_CONTACT_POINTS=auth_cassandra_node,
+                                               MNIST_CASSANDRA_KEYSPACE=behind, MNIST_CASSANDRA_USERNAME=role,
+                                               MNIST_CASSANDRA_PASSWORD=password,
+                                               MNIST_DATA_DIR=str(tmp_path / "lagging")), background=False)
+        try:
+            with pytest.raises(SchemaMigrationError, match="python -m mnist_core migrate"):
+                lagging.connect()
+        finally:
+            lagging.close()
+    finally:
+        for dropped in (keyspace, behind):
+            session.execute(f"DROP KEYSPACE IF EXISTS {dropped}", timeout=60)
+        session.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_correct_credentials_store_and_read(settings_for, application_role, auth_cassandra_node, make_record) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import pathlib
 import re
 
+from cassandra import InvalidRequest, Unauthorized
 from cassandra.cluster import Cluster, Session
 
 from mnist_core.settings import KEYSPACE_NAME_PATTERN, Replication
@@ -92,11 +93,51 @@ def apply_migrations(
     migrations = load_migrations(directory)
     schema_session = cluster.connect()
     try:
-        create_keyspace(schema_session, keyspace=keyspace, replication=replication)
-        schema_session.set_keyspace(keyspace)
-        return _apply_files(schema_session, migrations, keyspace=keyspace)
+        missing = _versions_not_applied(schema_session, migrations, keyspace=keyspace)
+        if not missing:
+            # Nothing to change: a role without schema rights (SELECT and MODIFY on its keyspace,
+            # as compose grants the app) starts, and never sends a DDL statement.
+            return []
+        try:
+            create_keyspace(schema_session, keyspace=keyspace, replication=replication)
+            schema_session.set_keyspace(keyspace)
+            return _apply_files(schema_session, migrations, keyspace=keyspace)
+        except Unauthorized as error:
+            raise SchemaMigrationError(
+                f"Keyspace {keyspace} needs schema file(s) {', '.join(f'{version:03d}' for version in missing)}, "
+                f"and this role may not change the schema ({error.args[0] if error.args else error}). Apply them as "
+                "an administrator: python -m mnist_core migrate, with that role's MNIST_CASSANDRA_USERNAME and "
+                "password (compose's schema job does this before the app starts)."
+            ) from None
     finally:
         schema_session.shutdown()
+
+
+def _versions_not_applied(session: Session, migrations: list[Migration], *, keyspace: str) -> list[int]:
+    """The versions the keyspace has not recorded (all of them when it or its bookkeeping is missing).
+
+    Reads only (system_schema and schema_migrations); an applied file that changed since is an
+    error here too, whoever runs it.
+    """
+    if not KEYSPACE_NAME_PATTERN.match(keyspace):
+        raise ValueError(f"{keyspace!r} is not a valid keyspace name.")
+    every_version = [migration.version for migration in migrations]
+    exists = session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                             (keyspace,)).one()
+    if exists is None:
+        return every_version
+    try:
+        rows = session.execute(f"SELECT version, checksum FROM {keyspace}.schema_migrations")
+    except InvalidRequest:  # the keyspace exists, its bookkeeping table not yet
+        return every_version
+    recorded = {row.version: row.checksum for row in rows}
+    for migration in migrations:
+        if migration.version in recorded and recorded[migration.version] != migration.checksum:
+            raise SchemaMigrationError(
+                f"Schema file {migration.name} changed after it was applied to keyspace {keyspace}; "
+                "add a new numbered file instead of editing an applied one."
+            )
+    return [version for version in every_version if version not in recorded]
 
 
 def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str) -> list[int]:
@@ -123,6 +164,23 @@ def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str
         )
         applied_now.append(migration.version)
     return applied_now
+
+
+def grant_reading_and_writing(cluster: Cluster, *, keyspace: str, role: str) -> None:
+    """Leave `role` SELECT and MODIFY on the keyspace and no other right there (an administrator's
+    job, after the schema is applied): the app needs nothing that changes or drops the schema.
+    Earlier rights on the keyspace (setups that let the app create it held them all) are revoked.
+    Names cannot be bound in CQL, so both are validated first."""
+    for name, value in (("keyspace", keyspace), ("role", role)):
+        if not KEYSPACE_NAME_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not a valid {name} name.")
+    session = cluster.connect()
+    try:
+        session.execute(f"REVOKE ALL PERMISSIONS ON KEYSPACE {keyspace} FROM {role}")
+        session.execute(f"GRANT SELECT ON KEYSPACE {keyspace} TO {role}")
+        session.execute(f"GRANT MODIFY ON KEYSPACE {keyspace} TO {role}")
+    finally:
+        session.shutdown()
 
 
 def replication_drift(keyspace: str, reported: dict[str, str] | None, wanted: Replication) -> str | None:
