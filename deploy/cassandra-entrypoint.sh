@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Entry point of every Cassandra node in compose.yaml: turns on password authentication,
-# role-based permissions and batch commit log sync, then hands over to the official image's
+# role-based permissions, batch commit log sync and TLS for clients, then hands over to the official image's
 # own entry point. Batch sync acknowledges a write only once it is fsync'd (together with
 # whatever arrived meanwhile); the image's default, periodic sync every 10 s, lets a killed
 # node lose writes it had already acknowledged.
@@ -25,7 +25,7 @@ fi
 edited="$(mktemp)"
 awk -v marker="$marker" '
     $0 == marker { next }
-    /^(authenticator|authorizer|commitlog_sync|commitlog_sync_period|commitlog_sync_group_window|commitlog_sync_batch_window_in_ms):/ { skipping = 1; next }
+    /^(authenticator|authorizer|commitlog_sync|commitlog_sync_period|commitlog_sync_group_window|commitlog_sync_batch_window_in_ms|client_encryption_options):/ { skipping = 1; next }
     skipping && /^[[:space:]]/ { next }
     { skipping = 0; print }
 ' "$config_file" >"$edited"
@@ -35,6 +35,23 @@ authenticator: PasswordAuthenticator
 authorizer: CassandraAuthorizer
 commitlog_sync: batch
 EOF
+# TLS for clients, with the certificate deploy/make-tls.sh made for this host. Optional: the
+# healthcheck's plain CQL OPTIONS probe (deploy/cql-answers.sh) must still be answered; the app,
+# the schema job and cassandra-init always connect with TLS and verify the certificate.
+tls_host="${CASSANDRA_TLS_HOST:-$(hostname)}"
+keystore="${TLS_NODE_DIRECTORY:-/tls-nodes}/$tls_host.p12"
+if [[ -f "$keystore" ]]; then
+    cat >>"$edited" <<EOF
+client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: $keystore
+  keystore_password: $(cat "${TLS_NODE_DIRECTORY:-/tls-nodes}/keystore.password")
+  store_type: PKCS12
+EOF
+else
+    echo "cassandra-entrypoint: no $keystore; clients connect without TLS." >&2
+fi
 # Write in place (not mv): the file may be a bind mount.
 cat "$edited" >"$config_file"
 rm -f "$edited"

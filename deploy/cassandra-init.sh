@@ -23,6 +23,7 @@
 #   INIT_WAIT_SECONDS              how long to keep trying to log in (default 300: the built-in
 #                                  superuser appears about 10 s after a node opens its CQL port)
 #   INIT_RETRY_SECONDS             pause between attempts (default 5)
+#   CQLSH_CA_FILE                  when set, connect with TLS and verify the node against this CA
 set -euo pipefail
 umask 077
 
@@ -93,13 +94,23 @@ quoted() {
 
 # Run the CQL read from standard input as USER; the password goes through a private
 # credentials file, never the command line. cqlsh exits non-zero on a failed login or statement.
+# With CQLSH_CA_FILE (compose: the authority of deploy/make-tls.sh), cqlsh talks TLS and checks
+# the node's certificate against it (cqlsh reads SSL_CERTFILE and SSL_VALIDATE).
+tls_options=()
+if [[ -n "${CQLSH_CA_FILE:-}" ]]; then
+    [[ -r "$CQLSH_CA_FILE" ]] || fail "CQLSH_CA_FILE=$CQLSH_CA_FILE cannot be read."
+    export SSL_CERTFILE="$CQLSH_CA_FILE" SSL_VALIDATE=true
+    tls_options=(--ssl)
+fi
+
 cql_as() {
     local username="$1" password="$2" credentials statements status=0
     credentials="$(mktemp)"
     statements="$(mktemp)"
     printf '[PlainTextAuthProvider]\nusername = %s\npassword = %s\n' "$username" "$password" >"$credentials"
     cat >"$statements"
-    cqlsh --credentials="$credentials" --request-timeout=60 -f "$statements" "$host" "$port" || status=$?
+    cqlsh "${tls_options[@]}" --credentials="$credentials" --request-timeout=60 -f "$statements" "$host" "$port" ||
+        status=$?
     rm -f "$credentials" "$statements"
     return "$status"
 }

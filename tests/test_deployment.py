@@ -804,11 +804,86 @@ SECRET_FILE_CONTENTS = {"cassandra_password": "app-secret-1", "cassandra_admin_p
 
 
 def with_mounted_secrets(environment: dict[str, str], directory: pathlib.Path) -> dict[str, str]:
-    """The environment with /run/secrets/<name> paths pointing at files in `directory` instead."""
+    """The environment with /run/secrets/<name> (and the TLS authority in /tls-ca) pointing at
+    files in `directory` instead, as compose would mount them."""
     directory.mkdir(exist_ok=True)
     for name, content in SECRET_FILE_CONTENTS.items():
         (directory / name).write_text(content)
-    return {name: value.replace("/run/secrets/", f"{directory}/") for name, value in environment.items()}
+    (directory / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    return {name: value.replace("/run/secrets/", f"{directory}/").replace("/tls-ca/", f"{directory}/")
+            for name, value in environment.items()}
+
+
+@pytest.mark.parametrize("project_loader", [single_node_project, cluster_project], ids=["single", "cluster"])
+def test_every_client_reaches_cassandra_over_tls_signed_by_compose_s_own_authority(project_loader) -> None:
+    project = interpolate_all(project_loader(), OPERATOR_ENVIRONMENT)
+    services = project["services"]
+    nodes = cassandra_nodes(project)
+    job = services["tls-certificates"]
+    assert job["restart"] == "no" and job["entrypoint"] == ["bash", "/deploy/make-tls.sh"]
+    # A certificate for every node's host name, and each node waits for it and mounts its keystore.
+    assert set(environment_of(job)["TLS_HOSTS"].split(",")) == {node.get("hostname", name) for name, node in nodes.items()}
+    for name, node in nodes.items():
+        assert node["depends_on"]["tls-certificates"]["condition"] == "service_completed_successfully", name
+        assert "tls-nodes:/tls-nodes:ro" in node["volumes"], name
+    for name in ("cassandra-init", "schema", "app"):
+        assert "tls-ca:/tls-ca:ro" in services[name]["volumes"], name
+        assert not any(volume.startswith("tls-nodes") for volume in services[name]["volumes"]), "clients never see node keys"
+    assert environment_of(services["cassandra-init"])["CQLSH_CA_FILE"] == "/tls-ca/ca.pem"
+    for name in ("schema", "app"):
+        assert environment_of(services[name])["MNIST_CASSANDRA_TLS_CA_FILE"] == "/tls-ca/ca.pem", name
+
+
+def test_make_tls_signs_a_certificate_per_node_that_verifies_for_its_name_only(tmp_path: pathlib.Path) -> None:
+    import ssl
+
+    if shutil.which("keytool") is None or shutil.which("openssl") is None:
+        pytest.fail("keytool (Java 17) and openssl are needed for this test.", pytrace=False)
+    ca_directory, node_directory = tmp_path / "ca", tmp_path / "nodes"
+    environment = {**os.environ, "TLS_HOSTS": "cassandra,cassandra-2", "TLS_CA_DIRECTORY": str(ca_directory),
+                   "TLS_NODE_DIRECTORY": str(node_directory)}
+    script = REPOSITORY_ROOT / "deploy" / "make-tls.sh"
+    subprocess.run(["bash", str(script)], env=environment, check=True, capture_output=True, timeout=120)
+    authority = (ca_directory / "ca.pem").read_bytes()
+    keystore = (node_directory / "cassandra-2.p12").read_bytes()
+    assert stat.S_IMODE((node_directory / "ca.p12").stat().st_mode) == 0o600
+    assert sorted(path.name for path in ca_directory.iterdir()) == ["ca.pem"]  # no key where clients look
+    subprocess.run(["bash", str(script)], env=environment, check=True, capture_output=True, timeout=120)
+    assert (ca_directory / "ca.pem").read_bytes() == authority and (node_directory / "cassandra-2.p12").read_bytes() == keystore
+
+    # The node's key and chain out of its keystore, served on loopback; a client trusting only
+    # ca.pem accepts it as cassandra-2 and refuses it under any other name.
+    password = f"file:{node_directory / 'keystore.password'}"
+    pem = tmp_path / "node.pem"
+    for options in (["-nokeys"], ["-nocerts", "-nodes"]):
+        exported = subprocess.run(["openssl", "pkcs12", "-in", str(node_directory / "cassandra-2.p12"), "-passin", password,
+                                   *options], check=True, capture_output=True, text=True, timeout=60).stdout
+        with pem.open("a") as handle:
+            handle.write(exported)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(pem)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve(connections: int) -> None:
+        for _ in range(connections):
+            connection, _ = listener.accept()
+            try:
+                server_context.wrap_socket(connection, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                connection.close()
+
+    server = threading.Thread(target=serve, args=(2,), daemon=True)
+    server.start()
+    client_context = ssl.create_default_context(cafile=str(ca_directory / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with client_context.wrap_socket(raw, server_hostname="cassandra-2") as secured:
+            assert secured.version() is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            client_context.wrap_socket(raw, server_hostname="cassandra-3")
+    server.join(timeout=10)
+    listener.close()
 
 
 def app_environment(project: dict) -> dict[str, str]:
@@ -892,8 +967,10 @@ def test_cluster_has_three_nodes_in_one_datacenter_started_one_after_another() -
     for name in ("cassandra-2", "cassandra-3"):
         assert environments[name]["CASSANDRA_SEEDS"] == "cassandra"
     # Cassandra bootstraps one node at a time.
-    assert project["services"]["cassandra-2"]["depends_on"] == {"cassandra": {"condition": "service_healthy"}}
-    assert project["services"]["cassandra-3"]["depends_on"] == {"cassandra-2": {"condition": "service_healthy"}}
+    certificates = {"tls-certificates": {"condition": "service_completed_successfully"}}
+    assert project["services"]["cassandra-2"]["depends_on"] == {**certificates, "cassandra": {"condition": "service_healthy"}}
+    assert project["services"]["cassandra-3"]["depends_on"] == {**certificates,
+                                                                "cassandra-2": {"condition": "service_healthy"}}
     # The cluster's nodes are defined exactly like the single node (the definition is repeated).
     reference = nodes["cassandra"]
     for name in ("cassandra-2", "cassandra-3"):
@@ -952,6 +1029,9 @@ statements_file = arguments[arguments.index("-f") + 1]
 host, port = arguments[-2], arguments[-1]
 state["calls"] += 1
 state["consistency"] = "ONE"  # cqlsh's default, per session
+# How this call connected: TLS, and the CA it verifies the node against (cqlsh reads these variables).
+state["tls"] = {"ssl": "--ssl" in arguments, "certfile": os.environ.get("SSL_CERTFILE"),
+                "validate": os.environ.get("SSL_VALIDATE")}
 if state["calls"] <= state.get("unavailable_calls", 0):
     save()
     sys.exit(f"Connection error: ('Unable to connect to any servers', {{'{host}:{port}': ConnectionRefusedError(111)}})")
@@ -1199,6 +1279,19 @@ def test_init_reads_the_passwords_from_the_secret_files_compose_mounts(fake_cass
     assert roles["mnist"]["password"] == "app-from-file"
     missing = fake_cassandra.run_init(APP_PASSWORD_FILE=str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "APP_PASSWORD_FILE" in missing.stderr
+
+
+def test_init_speaks_tls_and_verifies_the_node_when_given_the_authority(fake_cassandra: FakeCassandra,
+                                                                         tmp_path: pathlib.Path) -> None:
+    assert fake_cassandra.run_init().returncode == 0
+    assert fake_cassandra.read()["tls"]["ssl"] is False
+    authority = tmp_path / "ca.pem"
+    authority.write_text("-----BEGIN CERTIFICATE-----\n")
+    result = fake_cassandra.run_init(CQLSH_CA_FILE=str(authority))
+    assert result.returncode == 0, result.stderr
+    assert fake_cassandra.read()["tls"] == {"ssl": True, "certfile": str(authority), "validate": "true"}
+    missing = fake_cassandra.run_init(CQLSH_CA_FILE=str(tmp_path / "nowhere.pem"))
+    assert missing.returncode != 0 and "CQLSH_CA_FILE" in missing.stderr
 
 
 def test_make_secrets_writes_random_passwords_once_and_empty_optional_files(tmp_path: pathlib.Path) -> None:
