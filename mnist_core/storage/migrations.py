@@ -131,13 +131,18 @@ def _versions_not_applied(session: Session, migrations: list[Migration], *, keys
     except InvalidRequest:  # the keyspace exists, its bookkeeping table not yet
         return every_version
     recorded = {row.version: row.checksum for row in rows}
+    _refuse_changed_files(migrations, recorded, keyspace=keyspace)
+    return [version for version in every_version if version not in recorded]
+
+
+def _refuse_changed_files(migrations: list[Migration], recorded: dict[int, str], *, keyspace: str) -> None:
+    """An applied file must not be edited: its recorded checksum must still match."""
     for migration in migrations:
         if migration.version in recorded and recorded[migration.version] != migration.checksum:
             raise SchemaMigrationError(
                 f"Schema file {migration.name} changed after it was applied to keyspace {keyspace}; "
                 "add a new numbered file instead of editing an applied one."
             )
-    return [version for version in every_version if version not in recorded]
 
 
 def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str) -> list[int]:
@@ -146,14 +151,10 @@ def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str
         session.execute(statement)
     recorded = {row.version: row.checksum for row in session.execute("SELECT version, checksum FROM schema_migrations")}
     insert_record = "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (%s, %s, %s, %s)"
+    _refuse_changed_files(migrations, recorded, keyspace=keyspace)
     applied_now: list[int] = []
     for migration in migrations:
         if migration.version in recorded:
-            if recorded[migration.version] != migration.checksum:
-                raise SchemaMigrationError(
-                    f"Schema file {migration.name} changed after it was applied to keyspace {keyspace}; "
-                    "add a new numbered file instead of editing an applied one."
-                )
             continue
         if migration.version != BOOKKEEPING_VERSION:
             for statement in migration.statements:
