@@ -134,8 +134,14 @@ until logs_in "$admin_username" "$admin_password"; do
         cql_as "$default_superuser" "$default_superuser" <<EOF || say "creating '$admin_username' failed; trying again."
 ALTER KEYSPACE system_auth WITH replication = $auth_replication;
 CREATE ROLE IF NOT EXISTS $(quoted "$admin_username") WITH PASSWORD = $(quoted "$admin_password") AND SUPERUSER = true AND LOGIN = true;
-ALTER ROLE $(quoted "$admin_username") WITH PASSWORD = $(quoted "$admin_password") AND SUPERUSER = true AND LOGIN = true;
+ALTER ROLE $(quoted "$admin_username") WITH SUPERUSER = true AND LOGIN = true;
 EOF
+        logs_in "$admin_username" "$admin_password" && break
+        # The role was there already with another password (an earlier, interrupted first boot).
+        # Cassandra 5.0 refuses a second password change of a role within 5 s, hence the pause.
+        sleep 6
+        echo "ALTER ROLE $(quoted "$admin_username") WITH PASSWORD = $(quoted "$admin_password");" |
+            cql_as "$default_superuser" "$default_superuser" || say "setting the password of '$admin_username' failed; trying again."
         logs_in "$admin_username" "$admin_password" && break
     fi
     if ((SECONDS >= deadline)); then
@@ -151,9 +157,17 @@ say "logged in as '$admin_username'; setting up the role '$app_username' for key
 cql_as "$admin_username" "$admin_password" <<EOF
 ALTER KEYSPACE system_auth WITH replication = $auth_replication;
 CREATE ROLE IF NOT EXISTS $(quoted "$app_username") WITH PASSWORD = $(quoted "$app_password") AND LOGIN = true;
-ALTER ROLE $(quoted "$app_username") WITH PASSWORD = $(quoted "$app_password") AND LOGIN = true AND SUPERUSER = false;
+ALTER ROLE $(quoted "$app_username") WITH LOGIN = true AND SUPERUSER = false;
 REVOKE CREATE ON ALL KEYSPACES FROM $(quoted "$app_username");
 EOF
+# A password is set only when it changed (a rotated secret): Cassandra 5.0 refuses to change a
+# role's password twice within 5 s, so setting it on every run would fail right after the CREATE.
+if ! logs_in "$app_username" "$app_password"; then
+    say "the password of '$app_username' changed; setting the new one."
+    echo "ALTER ROLE $(quoted "$app_username") WITH PASSWORD = $(quoted "$app_password");" |
+        cql_as "$admin_username" "$admin_password"
+    logs_in "$app_username" "$app_password" || fail "'$app_username' cannot log in with the new password."
+fi
 # The app's rights on its keyspace (SELECT and MODIFY, nothing that changes the schema) are
 # granted by compose's schema job once it has made the keyspace as the administrator
 # (python -m mnist_core migrate --grant-to); the REVOKE above takes back what setups before
