@@ -9,13 +9,16 @@ run`), and `service_completed_successfully` is the container's exit code 0. It p
 service, the seconds from the first start until it was ready, and the log of a service that
 failed.
 
-Usage: python start_in_order.py --project NAME --configuration MERGED_COMPOSE_YAML
+Usage: python start_in_order.py --project NAME --configuration MERGED_COMPOSE_YAML [--check]
+
+Before anything, every secret's file must exist (as Docker Compose requires); --check stops there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -151,13 +154,43 @@ def image_has_healthcheck(container: str) -> bool:
     return inspected.returncode == 0 and inspected.stdout.strip() not in ("", "null", "{}")
 
 
+def missing_secret_files(configuration: dict) -> list[str]:
+    """What Docker Compose refuses to start without: a secret whose file is not there.
+
+    podman-compose only fails to create the containers that mount it and carries on, so this is
+    checked before anything is created or stopped.
+    """
+    problems = []
+    for name, secret in sorted((configuration.get("secrets") or {}).items()):
+        path = (secret or {}).get("file")
+        if path and not os.path.isfile(path):
+            users = sorted(service for service, definition in configuration["services"].items()
+                           if name in _secret_names(definition))
+            problems.append(f'secret "{name}" file "{path}" not found (used by {", ".join(users) or "no service"}); '
+                            "scripts/make-secrets writes the missing ones")
+    return problems
+
+
+def _secret_names(service: dict) -> set[str]:
+    return {entry if isinstance(entry, str) else entry.get("source") for entry in service.get("secrets") or []}
+
+
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", required=True)
     parser.add_argument("--configuration", required=True, help="the merged compose file (`config`)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that every secret's file exists; start nothing")
     options = parser.parse_args(arguments)
     with open(options.configuration, encoding="utf-8") as handle:
         configuration = yaml.safe_load(handle)
+    problems = missing_secret_files(configuration)
+    if problems:
+        for problem in problems:
+            print(f"start_in_order: {problem}", file=sys.stderr)
+        return 1
+    if options.check:
+        return 0
     try:
         ready = start_in_order(options.project, configuration)
     except (StartFailed, subprocess.TimeoutExpired) as error:
