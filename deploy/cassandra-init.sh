@@ -166,7 +166,13 @@ if ! logs_in "$app_username" "$app_password"; then
     say "the password of '$app_username' changed; setting the new one."
     echo "ALTER ROLE $(quoted "$app_username") WITH PASSWORD = $(quoted "$app_password");" |
         cql_as "$admin_username" "$admin_password"
-    logs_in "$app_username" "$app_password" || fail "'$app_username' cannot log in with the new password."
+    # Each node caches credentials for a few seconds (credentials_validity), so the new password
+    # may be refused briefly.
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+        logs_in "$app_username" "$app_password" && break
+        ((attempt < 10)) || fail "'$app_username' cannot log in with the new password."
+        sleep 2
+    done
 fi
 # The app's rights on its keyspace (SELECT and MODIFY, nothing that changes the schema) are
 # granted by compose's schema job once it has made the keyspace as the administrator
