@@ -80,15 +80,16 @@ class Stack:
         self.up_seconds = 0.0
 
     def environment(self, **extra: str) -> dict[str, str]:
-        return podman_environment(
-            MNIST_CONTAINERS_PROJECT=self.project,
-            APP_PORT=str(self.port),
-            CASSANDRA_PASSWORD_FILE=str(self.secrets / "cassandra_password"),
-            CASSANDRA_ADMIN_PASSWORD_FILE=str(self.secrets / "cassandra_admin_password"),
-            MNIST_API_KEY_FILE=str(self.secrets / "api_key"),
-            MNIST_DASHBOARD_PASSWORD_FILE=str(self.secrets / "dashboard_password"),
-            **extra,
-        )
+        settings = {
+            "MNIST_CONTAINERS_PROJECT": self.project,
+            "APP_PORT": str(self.port),
+            "CASSANDRA_PASSWORD_FILE": str(self.secrets / "cassandra_password"),
+            "CASSANDRA_ADMIN_PASSWORD_FILE": str(self.secrets / "cassandra_admin_password"),
+            "MNIST_API_KEY_FILE": str(self.secrets / "api_key"),
+            "MNIST_DASHBOARD_PASSWORD_FILE": str(self.secrets / "dashboard_password"),
+        }
+        settings.update(extra)
+        return podman_environment(**settings)
 
     def up(self, **extra: str) -> subprocess.CompletedProcess:
         began = time.monotonic()
