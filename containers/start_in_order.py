@@ -1,7 +1,7 @@
 """Start a compose stack's containers in depends_on order, waiting for each condition.
 
-`scripts/containers up` runs this after `podman-compose up --no-start` has created the
-containers. podman-compose hands the waits to `podman wait --condition=...`, which podman 4.3
+`scripts/containers up` runs this after `podman-compose up --no-start --no-deps` has created
+the containers. podman-compose hands the waits to `podman wait --condition=...`, which podman 4.3
 (Debian bookworm's) cannot do for "healthy", so it skips them; and with no systemd on the
 machine no timer runs a container's healthcheck. So this waits itself: `service_started` is
 "running", `service_healthy` is the healthcheck run here until it passes (`podman healthcheck
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -50,24 +51,15 @@ def container_names(project: str) -> dict[str, str]:
     return names
 
 
+DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
 def duration_seconds(text: str | None, default: float) -> float:
     """A compose duration such as '10s', '1m30s' or '500ms' in seconds."""
     if not text:
         return default
-    total, number = 0.0, ""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    index = 0
-    while index < len(text):
-        character = text[index]
-        if character.isdigit() or character == ".":
-            number += character
-            index += 1
-            continue
-        unit = "ms" if text.startswith("ms", index) else character
-        total += float(number or 0) * units[unit]
-        number = ""
-        index += len(unit)
-    return total + float(number or 0)
+    parts = re.findall(r"([\d.]+)(ms|h|m|s)", text)
+    return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
 
 
 def healthcheck_budget(service: dict) -> float:
