@@ -24,7 +24,10 @@ import urllib.request
 import uuid
 
 import pytest
+import yaml
 from PIL import Image, ImageDraw
+
+from tests.compose_files import OPERATOR_ENVIRONMENT, cluster_project, interpolate_all, single_node_project
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPOSITORY / "scripts" / "containers"
@@ -175,6 +178,39 @@ def stack(clean_clone_image, tmp_path_factory):
 
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
+
+
+def _with_build_context_spelled_out(project: dict) -> dict:
+    """podman-compose writes `build: .` as its long form with an absolute context."""
+    services = {}
+    for name, service in project["services"].items():
+        if isinstance(service.get("build"), str):
+            service = {**service, "build": {"context": str((REPOSITORY / service["build"]).resolve())}}
+        services[name] = service
+    return {**project, "services": services}
+
+
+@pytest.mark.parametrize(("command", "project_loader"), [("config", single_node_project),
+                                                         ("config-cluster", cluster_project)],
+                         ids=["single", "cluster"])
+def test_the_deployment_tests_read_the_compose_files_as_podman_compose_does(prepared, command,
+                                                                             project_loader):
+    """tests/test_deployment.py merges and interpolates the compose files itself, so its checks
+    run in seconds without an engine; they are worth only as much as that reading is right."""
+    # Only what an operator sets: nothing else from this shell may fill in a variable.
+    environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+                   "CONTAINERS_CONF": str(CONTAINERS_HOME / "containers.conf"), **OPERATOR_ENVIRONMENT}
+    real = yaml.safe_load(run([str(SCRIPT), command], environment=environment).stdout)
+    ours = _with_build_context_spelled_out(interpolate_all(project_loader(), OPERATOR_ENVIRONMENT))
+    assert set(real["services"]) == set(ours["services"])
+    for name, service in ours["services"].items():
+        assert real["services"][name] == service, name
+    # Top-level x- fields are compose's place for anchors: no engine reads them (podman-compose
+    # even concatenates their lists when merging), so only what runs is compared.
+    def what_runs(project: dict) -> dict:
+        return {key: value for key, value in project.items()
+                if key != "services" and not key.startswith("x-")}
+    assert what_runs(real) == what_runs(ours)
 
 
 def test_image_is_built_from_a_clean_clone_with_the_unchanged_dockerfile(clean_clone_image):

@@ -3,8 +3,9 @@ the scripts in deploy/.
 
 Everything here reads the files themselves (the compose files with PyYAML) or runs the deploy/
 scripts against stand-ins: a fake CQL server, a fake HTTP health endpoint, a fake cqlsh that
-keeps roles in a JSON file, a fake docker-entrypoint.sh. No Docker and no Cassandra are needed;
-`docker compose config` runs only where the compose plugin exists.
+keeps roles in a JSON file, a fake docker-entrypoint.sh. No container engine and no Cassandra are
+needed; `tests/test_containers.py` runs the same files for real with podman, and checks there that
+this reading of the compose files agrees with podman-compose's.
 """
 
 from __future__ import annotations
@@ -26,18 +27,19 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import pytest
 import yaml
 
 from mnist_core.settings import Replication, settings_from_mapping
+from tests.compose_files import (CLUSTER_COMPOSE_FILE, COMPOSE_FILE, OPERATOR_ENVIRONMENT, cluster_project,
+                                 environment_of, interpolate, interpolate_all, load_yaml, referenced_variables,
+                                 single_node_project)
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCKERFILE = REPOSITORY_ROOT / "Dockerfile"
 DOCKERIGNORE = REPOSITORY_ROOT / ".dockerignore"
-COMPOSE_FILE = REPOSITORY_ROOT / "compose.yaml"
-CLUSTER_COMPOSE_FILE = REPOSITORY_ROOT / "compose.cluster.yaml"
 ENVIRONMENT_EXAMPLE = REPOSITORY_ROOT / ".env.example"
 DEPLOY_DIRECTORY = REPOSITORY_ROOT / "deploy"
 CQL_PROBE_SCRIPT = DEPLOY_DIRECTORY / "cql-answers.sh"
@@ -46,9 +48,6 @@ INIT_SCRIPT = DEPLOY_DIRECTORY / "cassandra-init.sh"
 SETTINGS_SOURCE = REPOSITORY_ROOT / "mnist_core" / "settings.py"
 README = REPOSITORY_ROOT / "README.md"
 
-# Values standing in for the operator's secrets when a compose file is interpolated.
-# What an operator may set for compose (passwords are secret files, not variables).
-OPERATOR_ENVIRONMENT = {"CASSANDRA_KEYSPACE": "mnist"}
 STREAMLIT_HEALTH_URL = "http://localhost:8501/_stcore/health"
 CQL_OPTIONS_FRAME_V4 = bytes([0x04, 0, 0, 0, 0x05, 0, 0, 0, 0])
 
@@ -168,90 +167,6 @@ def tracked_files() -> list[str]:
         cwd=REPOSITORY_ROOT, capture_output=True, text=True, check=True,
     )
     return [line for line in result.stdout.splitlines() if (REPOSITORY_ROOT / line).is_file()]
-
-
-# --- Reading the compose files ----------------------------------------------------------------
-
-
-def load_yaml(path: pathlib.Path) -> dict:
-    document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert isinstance(document, dict), f"{path.name} is not a YAML mapping."
-    return document
-
-
-def merge_compose(base: dict, override: dict) -> dict:
-    """Compose's rule for `-f a -f b` as far as these files use it: mappings merge key by key
-    (environment, depends_on, services, volumes), anything else is replaced by the later file."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_compose(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def single_node_project() -> dict:
-    return load_yaml(COMPOSE_FILE)
-
-
-def cluster_project() -> dict:
-    return merge_compose(load_yaml(COMPOSE_FILE), load_yaml(CLUSTER_COMPOSE_FILE))
-
-
-VARIABLE_REFERENCE = re.compile(
-    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<operator>:?[-?])(?P<argument>[^}]*))?\}"
-    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
-)
-
-
-class MissingVariable(Exception):
-    pass
-
-
-def interpolate(text: str, environment: Mapping[str, str]) -> str:
-    """Compose's variable syntax: $$, $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group("escaped"):
-            return "$"
-        name = match.group("name") or match.group("bare")
-        operator, argument = match.group("operator"), match.group("argument") or ""
-        value = environment.get(name)
-        missing = value is None or (operator is not None and operator.startswith(":") and value == "")
-        if operator in (":-", "-"):
-            return argument if missing else value
-        if operator in (":?", "?"):
-            if missing:
-                raise MissingVariable(f"{name}: {argument}")
-            return value
-        return value or ""
-
-    return VARIABLE_REFERENCE.sub(replace, text)
-
-
-def interpolate_all(node, environment: Mapping[str, str]):
-    if isinstance(node, dict):
-        return {key: interpolate_all(value, environment) for key, value in node.items()}
-    if isinstance(node, list):
-        return [interpolate_all(value, environment) for value in node]
-    if isinstance(node, str):
-        return interpolate(node, environment)
-    return node
-
-
-def referenced_variables(path: pathlib.Path) -> set[str]:
-    return {
-        match.group("name") or match.group("bare")
-        for match in VARIABLE_REFERENCE.finditer(path.read_text(encoding="utf-8"))
-        if not match.group("escaped")
-    }
-
-
-def environment_of(service: dict) -> dict[str, str]:
-    environment = service.get("environment") or {}
-    assert isinstance(environment, dict), "Write environment as a mapping (NAME: value), as the compose files do."
-    return {name: "" if value is None else str(value) for name, value in environment.items()}
 
 
 def cassandra_nodes(project: dict) -> dict[str, dict]:
@@ -992,17 +907,6 @@ def test_cluster_app_and_init_wait_for_every_node_and_use_three_replicas() -> No
     )
     assert environment["MNIST_CASSANDRA_CONSISTENCY"] == "LOCAL_QUORUM"
     assert environment_of(init)["AUTH_REPLICATION_FACTOR"] == "3"
-
-
-def test_docker_compose_accepts_both_files(tmp_path: pathlib.Path) -> None:
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("`docker compose` is not installed here; the compose files are checked by parsing them above.")
-    environment = {**os.environ, **OPERATOR_ENVIRONMENT}
-    for files in (["compose.yaml"], ["compose.yaml", "compose.cluster.yaml"]):
-        arguments = [docker, "compose"] + [option for name in files for option in ("-f", name)] + ["config", "--quiet"]
-        result = subprocess.run(arguments, cwd=REPOSITORY_ROOT, env=environment, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, result.stderr
 
 
 # --- deploy/cassandra-init.sh against a fake cqlsh --------------------------------------------
