@@ -22,7 +22,7 @@ import streamlit_drawable_canvas
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import charts, resources
-from mnist_core import readings, settings, storage
+from mnist_core import feedback, readings, settings, storage
 from mnist_core.preprocess import ImageDecodeError
 from mnist_core.strokes import strokes_from_canvas_json
 
@@ -260,8 +260,8 @@ def feedback_ui(result: readings.StoredReading) -> None:
         if true_label is None:
             return
     try:
-        outcome = resources.store_resource().record_correction(record.id, int(true_label))
-    except (storage.PredictionNotFound, ValueError) as error:
+        outcome = feedback.record_feedback(resources.store_resource(), record.id, int(true_label))
+    except (feedback.FeedbackRefused, feedback.UnknownPrediction, storage.StorageError) as error:
         st.error(f"The feedback was not saved: {error}")
         return
     st.session_state.draw_feedback_saved[record.id] = (int(true_label), outcome)

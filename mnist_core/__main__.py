@@ -1,4 +1,9 @@
-"""Command line: `python -m mnist_core predict FILE [FILE ...]`, and `python -m mnist_core migrate`.
+"""Command line: `python -m mnist_core predict FILE [FILE ...]`, `python -m mnist_core migrate` and
+`python -m mnist_core export --from YYYY-MM-DD --to YYYY-MM-DD --output FILE`.
+
+`export` writes the stored readings of a local date range that have a true label (all of them
+with `--all`) as a data set: the exact 28x28 model inputs and their labels, in npz (default),
+csv or png-zip (see mnist_core.dataset_export). It prints one JSON line saying what it wrote.
 
 `migrate` applies the schema files (mnist_core/schema) to the keyspace the settings name, as the
 role they log in with: an administrator's job where the app's own role may not change the schema
@@ -95,6 +100,49 @@ def migrate(*, grant_to: str | None = None, output=sys.stdout) -> int:
     return 0
 
 
+def export(parsed, output=sys.stdout) -> int:
+    """Write the readings of a local date range (with a true label, or all) as a data set file."""
+    from cassandra import DriverException
+
+    from mnist_core import dataset_export
+    from mnist_core.settings import get_settings
+    from mnist_core.storage import StorageError, connection
+    from mnist_core.storage.repository import PredictionRepository
+
+    try:
+        settings = get_settings()
+        timezone = parsed.tz or settings.display_timezone
+        since, until = dataset_export.utc_range(parsed.start, parsed.end, timezone)
+        export_format = dataset_export.format_for(parsed.output, parsed.format)
+        cluster, session = connection.connect(settings)
+    except (StorageError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        repository, _ = PredictionRepository.open(cluster, session, settings)
+        readings = dataset_export.readings_to_export(repository.rows_for_export(since=since, until=until),
+                                                     include_unlabelled=parsed.all)
+        count = dataset_export.write_export(readings, parsed.output, export_format)
+    except (StorageError, DriverException, ValueError, OSError) as error:
+        print(f"error: nothing was written: {error}", file=sys.stderr)
+        return 2
+    finally:
+        cluster.shutdown()
+    output.write(json.dumps({"output": str(parsed.output), "format": export_format, "readings": count,
+                             "from": parsed.start.isoformat(), "to": parsed.end.isoformat(),
+                             "timezone": timezone, "unlabelled_included": parsed.all}) + "\n")
+    return 0
+
+
+def _date(text: str):
+    import datetime
+
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_core",
                                      description="Read handwritten digits in image files.")
@@ -109,9 +157,21 @@ def main(arguments: list[str] | None = None) -> int:
     migrate_command = commands.add_parser("migrate", help="apply the schema files to the configured keyspace, then exit")
     migrate_command.add_argument("--grant-to", metavar="ROLE", default=None,
                                  help="then leave ROLE exactly SELECT and MODIFY on the keyspace (the app's role)")
+    export_command = commands.add_parser(
+        "export", help="write the readings of a date range that have a true label as a data set (npz, csv or png-zip)")
+    export_command.add_argument("--from", dest="start", type=_date, required=True, metavar="YYYY-MM-DD")
+    export_command.add_argument("--to", dest="end", type=_date, required=True, metavar="YYYY-MM-DD")
+    export_command.add_argument("--output", type=Path, required=True, metavar="FILE")
+    export_command.add_argument("--tz", default=None, help="the zone of the dates (default: the display time zone)")
+    export_command.add_argument("--all", action="store_true",
+                                help="include readings without feedback (their true label is -1 in npz, empty in csv)")
+    export_command.add_argument("--format", choices=("npz", "csv", "png-zip"), default=None,
+                                help="default: from the file name (.csv, .zip), else npz")
     parsed = parser.parse_args(sys.argv[1:] if arguments is None else arguments)
     if parsed.command == "migrate":
         return migrate(grant_to=parsed.grant_to)
+    if parsed.command == "export":
+        return export(parsed)
 
     from mnist_core.inference import load_recognizer
     from mnist_core.settings import get_settings

@@ -3,13 +3,15 @@
 ``POST /api/predict`` reads an image (raw PNG/JPEG body, or multipart with one file) through
 the same :func:`mnist_core.readings.predict_and_store` as the Draw page, stored with source
 ``api``; ``GET /api/health`` says whether the model is loaded and how storage is doing;
-``GET /api/stats?from=&to=&tz=`` gives counts per digit. A predict request with an
+``GET /api/stats?from=&to=&tz=`` gives counts per digit; ``POST /api/feedback`` takes the
+true label of a prediction (``{"id": ..., "true_label": 0-9}``; 202 once queued, 404 for an id
+no prediction has, the latest label wins). A predict request with an
 ``Idempotency-Key`` header is read and stored once; the key sent again within a day gets the
 first answer back (``Idempotent-Replayed: true``) and stores nothing (see mnist_core.idempotency). This module is only the transport
 adapter: it parses requests, calls ``mnist_core``, and turns exceptions into 4xx/5xx JSON.
 The recognizer and store are injected as zero-argument callables so the app shares its
-cached ones and tests pass their own. With an API key configured, /api/predict and
-/api/stats answer only requests that carry it (``X-API-Key: <key>`` or
+cached ones and tests pass their own. With an API key configured, /api/predict, /api/feedback
+and /api/stats answer only requests that carry it (``X-API-Key: <key>`` or
 ``Authorization: Bearer <key>``); /api/health stays open for load balancers and probes.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import json
 import logging
 from collections.abc import Callable
 
@@ -27,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mnist_core import idempotency, readings, settings
+from mnist_core import feedback, idempotency, readings, settings
 from mnist_core.inference import Recognizer
 from mnist_core.preprocess import ImageDecodeError
 from mnist_core.storage import PredictionStore, StorageError
@@ -35,6 +38,8 @@ from mnist_core.storage import PredictionStore, StorageError
 logger = logging.getLogger(__name__)
 
 DEFAULT_STATS_DAYS = 7
+# A feedback body is two short fields; anything much longer is not one.
+MAX_FEEDBACK_BODY_BYTES = 4 * 1024
 MAX_STATS_DAYS = 366
 
 
@@ -257,13 +262,42 @@ def create_routes(
             return _problem_response(RequestProblem(422, "No digit was found in the image; nothing was stored."))
         return JSONResponse(_prediction_answer(result))
 
+    async def give_feedback(request: Request) -> JSONResponse:
+        try:
+            _require_api_key(request, expected_api_key())
+            _refuse_cross_site(request)
+            if not request.headers.get("content-type", "").startswith("application/json"):
+                raise RequestProblem(415, 'Send the feedback as JSON: {"id": "<prediction id>", "true_label": 0-9}.')
+            body = await _read_limited_body(request, MAX_FEEDBACK_BODY_BYTES)
+            try:
+                document = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise RequestProblem(400, "The body is not JSON.") from None
+            if not isinstance(document, dict) or set(document) != {"id", "true_label"}:
+                raise RequestProblem(400, 'The body must be exactly {"id": "<prediction id>", "true_label": 0-9}.')
+            outcome = await run_in_threadpool(feedback.record_feedback, get_store(), document["id"],
+                                              document["true_label"])
+        except RequestProblem as problem:
+            return _problem_response(problem)
+        except feedback.FeedbackRefused as error:
+            return _problem_response(RequestProblem(400, str(error)))
+        except feedback.UnknownPrediction as error:
+            return _problem_response(RequestProblem(404, str(error)))
+        except StorageError as error:
+            return JSONResponse({"error": str(error)}, status_code=503)
+        # 202: the label is durably queued on this server; Cassandra gets it behind (see `stored`).
+        return JSONResponse({"id": str(feedback.prediction_id_from(document["id"])),
+                             "true_label": document["true_label"], "stored": outcome.value}, status_code=202)
+
     async def wrong_method(request: Request) -> JSONResponse:
-        return JSONResponse({"error": "Use POST with a PNG or JPEG image as the body."}, status_code=405,
+        what = ('JSON {"id": "<prediction id>", "true_label": 0-9}' if request.url.path == "/api/feedback"
+                else "a PNG or JPEG image")
+        return JSONResponse({"error": f"Use POST with {what} as the body."}, status_code=405,
                             headers={"Allow": "POST"})
 
     async def not_found(request: Request) -> JSONResponse:
         return JSONResponse(
-            {"error": f"There is no API at {request.url.path}; use /api/predict, /api/health or /api/stats."},
+            {"error": f"There is no API at {request.url.path}; use /api/predict, /api/feedback, /api/health or /api/stats."},
             status_code=404,
         )
 
@@ -329,7 +363,9 @@ def create_routes(
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/api/stats", stats, methods=["GET"]),
+        Route("/api/feedback", give_feedback, methods=["POST"]),
         # Without these, Streamlit's catch-all would answer other /api/ requests with its HTML page.
         Route("/api/predict", wrong_method, methods=["GET", "PUT", "PATCH", "DELETE"]),
+        Route("/api/feedback", wrong_method, methods=["GET", "PUT", "PATCH", "DELETE"]),
         Route("/api/{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]

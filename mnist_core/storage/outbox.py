@@ -34,6 +34,7 @@ import os
 import pathlib
 import sqlite3
 import threading
+import uuid
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -328,6 +329,15 @@ class Outbox:
             except (KeyError, TypeError, ValueError):
                 continue  # the writer sets it aside
         return records
+
+    def holds_prediction(self, prediction_id: uuid.UUID, created_at: float) -> bool:
+        """Whether a prediction with this id waits here (any target); found through the time index,
+        since the id's time is the prediction's time, so even a long outage's backlog is not scanned."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT payload FROM outbox WHERE kind = ? AND created_at >= ? AND created_at < ?",
+                (PREDICTION, created_at - 0.001, created_at + 0.001)).fetchall()
+        return any(_payload(payload).get("id") == str(prediction_id) for (payload,) in rows)
 
     def pending_slot_figures(self, *, since: float, until: float) -> list[SlotFigures]:
         """Per-slot figures of this target's pending predictions made in [since, until), aggregated by SQLite."""

@@ -14,7 +14,7 @@ import itertools
 import time
 import uuid
 import zoneinfo
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
@@ -38,6 +38,8 @@ from mnist_core.storage.records import (
 
 # Predictions per request in bulk writes: about 20 KiB, within the batch thresholds we configure.
 BULK_BATCH_RECORDS = 20
+# Rows an export reads per page (about 1 kB each, most of it the 28x28 input).
+EXPORT_PAGE_SIZE = 1000
 
 
 def now_microseconds() -> int:
@@ -105,6 +107,12 @@ class PredictionRepository:
         self._select_latest = prepare("SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? LIMIT ?")
         self._select_between = prepare(
             "SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at >= ? AND created_at < ? LIMIT ?"
+        )
+        # Every column an export writes, oldest first within a day (the reverse of the table's order).
+        self._select_for_export = prepare(
+            "SELECT id, created_at, digit, number, confidence, model_input, source, model_version, true_label "
+            "FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at >= ? AND created_at < ? "
+            "ORDER BY created_at ASC"
         )
         self._select_prediction_key = prepare(
             "SELECT digit, model_version FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at = ? AND id = ?"
@@ -416,6 +424,27 @@ class PredictionRepository:
             records.extend(_record_from_row(row) for row in rows)
             day -= datetime.timedelta(days=1)
         return records
+
+    def rows_for_export(self, *, since: datetime.datetime, until: datetime.datetime,
+                        page_size: int = EXPORT_PAGE_SIZE) -> Iterator:
+        """Every stored prediction made in [since, until), oldest first, read a page at a time.
+
+        One UTC day partition after another, each paged by the driver, so an export of any range
+        holds one page in memory, never the range.
+        """
+        day = since.astimezone(buckets.UTC).date()
+        last_day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
+        while day <= last_day:
+            statement = self._select_for_export.bind((day, since, until))
+            statement.fetch_size = page_size
+            yield from self._session.execute(statement)
+            day += datetime.timedelta(days=1)
+
+    def prediction_exists(self, prediction_id: uuid.UUID) -> bool:
+        """Whether Cassandra holds a prediction with this (time-based) id: one single-row read."""
+        created_at = _milliseconds(uuid_time(prediction_id))
+        return self._session.execute(
+            self._select_prediction_key, (buckets.utc_day(created_at), created_at, prediction_id)).one() is not None
 
     # Corrections and accuracy -----------------------------------------------------------
 

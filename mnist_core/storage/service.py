@@ -14,7 +14,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 
 from cassandra import DriverException
 from cassandra.cluster import Cluster
@@ -22,7 +23,8 @@ from cassandra.cluster import Cluster
 from mnist_core.settings import Settings, get_settings
 from mnist_core.storage import buckets, connection, outbox
 from mnist_core.storage.errors import StorageError, StorageUnavailable
-from mnist_core.storage.records import AccuracyReport, HistoryCounts, PredictionRecord, StorageStatus, StoreOutcome
+from mnist_core.storage.records import (AccuracyReport, HistoryCounts, PredictionRecord, StorageStatus, StoreOutcome,
+                                        uuid_time)
 from mnist_core.storage.repository import PredictionRepository
 from mnist_core.storage.writer import UNAVAILABLE_ERRORS, OutboxWriter
 
@@ -233,6 +235,40 @@ class PredictionStore:
         except (*UNAVAILABLE_ERRORS, DriverException) as error:
             logger.warning("Cassandra could not say whether an Idempotency-Key was answered before: %s", error)
             return None
+
+    def prediction_known(self, prediction_id: uuid.UUID) -> bool | None:
+        """Whether a prediction with this id exists: waiting in this process's outbox or stored in
+        Cassandra (True), known to be absent (False), or None when Cassandra cannot say right now.
+
+        Cassandra is asked only while the writer finds it answering, as for remembered answers,
+        so a hung node never holds the caller.
+        """
+        if prediction_id.version != 1:
+            return False  # prediction ids are time-based; no other UUID can name one
+        if self._outbox.holds_prediction(prediction_id, uuid_time(prediction_id).timestamp()):
+            return True
+        repository = self._repository
+        if repository is None or not self.writer.answering:
+            return None
+        try:
+            return repository.prediction_exists(prediction_id)
+        except (*UNAVAILABLE_ERRORS, DriverException) as error:
+            logger.warning("Cassandra could not say whether prediction %s exists: %s", prediction_id, error)
+            return None
+
+    def rows_for_export(self, *, since: datetime.datetime, until: datetime.datetime) -> Iterator:
+        """The stored predictions made in [since, until), oldest first, a page at a time (see the
+        repository); a fault on the way is StorageUnavailable, like every other read."""
+        rows = self._require_repository().rows_for_export(since=since, until=until)
+        while True:
+            try:
+                row = self._read(lambda: next(rows, None))
+            except StorageUnavailable:
+                rows.close()
+                raise
+            if row is None:
+                return
+            yield row
 
     def refresh_marked_slots(self, *, days: int = 2) -> int:
         """Recount slots marked dirty on the last ``days`` UTC days by any process (a crashed one included)."""
