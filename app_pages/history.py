@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, resources
-from mnist_core import readings, settings, storage
+from mnist_core import dataset_export, readings, settings, storage
 
 CACHE_SECONDS = 30
 DEFAULT_DAYS = 7
@@ -125,6 +125,33 @@ def table_ui(summary: readings.HistorySummary) -> None:
                    "narrow the range for the rest.")
 
 
+def data_set_ui(summary: readings.HistorySummary) -> None:
+    """The range's corrected readings as a labelled data set (npz: the exact 28x28 inputs and labels)."""
+    if summary.accuracy is None or not summary.accuracy.corrections:
+        return
+    st.subheader("Data set")
+    key = ("history_data_set", summary.start, summary.end, summary.timezone)
+    prepared = st.session_state.get("history_data_set")
+    if prepared is None or prepared[0] != key:
+        st.caption("The readings of this range that have feedback, as `x` (the 28×28 inputs the model saw) and "
+                   "`y` (the right digits): the same file as `python -m mnist_core export`.")
+        if st.button("Prepare the data set", icon=":material/dataset:", key="history_prepare_data_set"):
+            try:
+                data, count = dataset_export.data_set_bytes(resources.store_resource(), start=summary.start,
+                                                            end=summary.end, timezone=summary.timezone)
+            except (storage.StorageError, dataset_export.ExportError) as error:
+                st.error(f"The data set cannot be made right now. {error}", icon=":material/cloud_off:")
+                return
+            st.session_state.history_data_set = (key, data, count)
+            st.rerun()
+        return
+    _, data, count = prepared
+    st.caption(f"{count:,} labelled readings from {summary.start:%d %b %Y} to {summary.end:%d %b %Y}.")
+    st.download_button("Download the data set (npz)", data,
+                       file_name=f"readings_{summary.start}_{summary.end}.npz", mime="application/octet-stream",
+                       icon=":material/download:", key="history_download_data_set")
+
+
 # Page ---------------------------------------------------------------------------------
 
 app_settings = settings.get_settings()
@@ -155,3 +182,4 @@ if summary.is_empty:
 figures_ui(summary)
 charts_ui(summary, granularity)
 table_ui(summary)
+data_set_ui(summary)

@@ -128,6 +128,21 @@ def write_export(readings: Iterable[ExportedReading], output: pathlib.Path, expo
     return count
 
 
+def data_set_bytes(store, *, start: datetime.date, end: datetime.date, timezone: str,
+                   export_format: str = "npz") -> tuple[bytes, int]:
+    """The labelled readings of local days start..end as one file's bytes, and how many it holds.
+
+    For the History page's download: written through a temporary file like any export, then
+    read back, since the page hands the browser bytes. StorageError when Cassandra cannot answer.
+    """
+    since, until = utc_range(start, end, timezone)
+    with tempfile.TemporaryDirectory(prefix="mnist-export-") as scratch:
+        path = pathlib.Path(scratch) / "export"
+        count = write_export(readings_to_export(store.rows_for_export(since=since, until=until),
+                                                include_unlabelled=False), path, export_format)
+        return path.read_bytes(), count
+
+
 # ---------------------------------------------------------------------------------------
 # The formats
 # ---------------------------------------------------------------------------------------

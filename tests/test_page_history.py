@@ -104,3 +104,32 @@ def test_hourly_view_and_an_older_range(app_settings):
     assert metric_values(app)["Predictions"] == "1"
     over_time = chart_with_columns(app, "period_start", "digit", "count")
     assert len(over_time) == 24 * 10, "one row per hour of the day and digit"
+
+
+def test_the_range_s_corrected_readings_download_as_a_data_set(app_settings):
+    from mnist_core.storage import PredictionStore
+
+    # A day of its own (the module's other tests store today and ten days ago).
+    day = datetime.datetime.now(datetime.timezone.utc).replace(hour=12) - datetime.timedelta(days=20)
+    records = [build_record(digit=digit, created_at=day + datetime.timedelta(seconds=10 * index))
+               for index, digit in enumerate((1, 7, 7))]
+    store = PredictionStore(app_settings, background=False)
+    try:
+        for record in records:
+            store.store(record)
+        store.record_correction(records[0].id, 1)
+        store.record_correction(records[1].id, 2)
+        store.flush()
+    finally:
+        store.close()
+
+    app = history_page()
+    app.date_input(key="history_range").set_value((day.date(), day.date())).run()
+    assert not app.get("download_button") or all(
+        "data set" not in element.proto.label for element in app.get("download_button"))
+    prepare = next(button for button in app.button if button.label == "Prepare the data set")
+    prepare.click().run()
+    assert not app.exception and not app.error, [element.value for element in app.error]
+    assert any(caption.value.startswith("2 labelled readings") for caption in app.caption)
+    labels = [element.proto.label for element in app.get("download_button")]
+    assert "Download the data set (npz)" in labels
