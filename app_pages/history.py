@@ -88,8 +88,21 @@ def charts_ui(summary: readings.HistorySummary, granularity: str) -> None:
         st.subheader("Feedback: true vs predicted")
         if summary.accuracy.corrections:
             st.altair_chart(charts.confusion_heatmap(summary.accuracy.confusion), width="stretch", key="history_confusion_chart")
+            versions_ui(summary)
         else:
             st.caption("No feedback yet: answer “Was this right?” on the Draw page to fill this in.")
+
+
+def versions_ui(summary: readings.HistorySummary) -> None:
+    """Accuracy from feedback per model version, side by side: is the new model better on these users?"""
+    if not summary.accuracy_by_version:
+        return
+    frame = pd.DataFrame(
+        [{"model version": version, "feedback": corrections, "accuracy": correct / corrections}
+         for version, corrections, correct in summary.accuracy_by_version if corrections])
+    st.dataframe(frame, hide_index=True, width="stretch", key="history_versions",
+                 column_config={"accuracy": st.column_config.ProgressColumn(
+                     "Accuracy", min_value=0.0, max_value=1.0, format="percent")})
 
 
 def table_ui(summary: readings.HistorySummary) -> None:

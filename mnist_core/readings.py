@@ -103,6 +103,8 @@ class HistorySummary:
     accuracy: AccuracyReport
     records: tuple[PredictionRecord, ...]
     records_truncated: bool
+    # (model version, corrections, correct), most corrected first: which model reads these users better.
+    accuracy_by_version: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def total(self) -> int:
@@ -164,6 +166,7 @@ def history_summary(
     else:
         today_count = sum(store.history_counts(start=today, end=today, timezone=timezone).totals_per_digit)
     accuracy = store.accuracy(start=start, end=end, timezone=timezone)
+    by_version = store.accuracy_by_version(start=start, end=end, timezone=timezone)
     records, truncated = records_in_range(store, start=start, end=end, timezone=timezone, limit=record_limit)
     return HistorySummary(
         start=start,
@@ -174,6 +177,9 @@ def history_summary(
         accuracy=accuracy,
         records=tuple(records),
         records_truncated=truncated,
+        accuracy_by_version=tuple(sorted(((version, corrections, correct)
+                                          for version, (corrections, correct) in by_version.items()),
+                                         key=lambda item: (-item[1], item[0]))),
     )
 
 

@@ -80,7 +80,7 @@ def test_history_shows_counts_charts_feedback_and_the_table(app_settings):
     confusion = chart_with_columns(app, "true", "predicted", "count")
     cell = confusion[(confusion["true"] == 0) & (confusion["predicted"] == 8)]
     assert int(cell["count"].iloc[0]) == 1
-    table = app.dataframe[0].value
+    table = next(frame.value for frame in app.dataframe if "digit" in frame.value.columns)
     assert list(table["digit"]) == [8, 3, 3]
     assert table["image"].str.startswith("data:image/png;base64,").all()
 
@@ -133,3 +133,33 @@ def test_the_range_s_corrected_readings_download_as_a_data_set(app_settings):
     assert any(caption.value.startswith("2 labelled readings") for caption in app.caption)
     labels = [element.proto.label for element in app.get("download_button")]
     assert "Download the data set (npz)" in labels
+
+
+def test_accuracy_from_feedback_is_shown_per_model_version_side_by_side(app_settings):
+    from mnist_core.storage import PredictionStore
+
+    day = datetime.datetime.now(datetime.timezone.utc).replace(hour=9) - datetime.timedelta(days=30)
+    # (model version, predicted digit, true labels sent in order: the last one counts)
+    feedback = [("model-old", 4, [4]), ("model-old", 9, [9, 3]), ("model-old", 1, [7]),
+                ("model-new", 9, [3, 9]), ("model-new", 7, [7])]
+    store = PredictionStore(app_settings, background=False)
+    try:
+        records = [build_record(digit=digit, model_version=version, created_at=day + datetime.timedelta(minutes=20 * index))
+                   for index, (version, digit, _) in enumerate(feedback)]
+        for record in records:
+            store.store(record)
+        store.flush()
+        for record, (_, _, labels) in zip(records, feedback):
+            for label in labels:
+                store.record_correction(record.id, label)
+                store.flush()
+    finally:
+        store.close()
+
+    app = history_page()
+    app.date_input(key="history_range").set_value((day.date(), day.date())).run()
+    assert not app.exception, app.exception
+    versions = next(frame.value for frame in app.dataframe if "model version" in frame.value.columns)
+    rows = {row["model version"]: (row["feedback"], row["accuracy"]) for _, row in versions.iterrows()}
+    assert rows == {"model-old": (3, pytest.approx(1 / 3)), "model-new": (2, pytest.approx(1.0))}
+    assert list(versions["model version"]) == ["model-old", "model-new"]  # most feedback first

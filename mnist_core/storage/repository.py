@@ -93,12 +93,20 @@ class PredictionRepository:
             "WHERE day = ? AND slot_start >= ? AND slot_start < ?"
         )
         self._select_slot_corrections = prepare(
-            "SELECT predicted_digit, true_label FROM {keyspace}.corrections_by_day "
+            "SELECT predicted_digit, true_label, model_version FROM {keyspace}.corrections_by_day "
             "WHERE day = ? AND prediction_id >= minTimeuuid(?) AND prediction_id <= maxTimeuuid(?)"
         )
         self._insert_correction_rollup = prepare(
             "INSERT INTO {keyspace}.correction_counts_by_day (day, slot_start, confusion) VALUES (?, ?, ?) "
             "USING TIMESTAMP ?"
+        )
+        self._insert_version_rollup = prepare(
+            "INSERT INTO {keyspace}.correction_counts_by_version (day, slot_start, model_version, corrections, correct) "
+            "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        )
+        self._select_version_rollup = prepare(
+            "SELECT model_version, corrections, correct FROM {keyspace}.correction_counts_by_version "
+            "WHERE day = ? AND slot_start >= ? AND slot_start < ?"
         )
         self._select_correction_rollup = prepare(
             "SELECT confusion FROM {keyspace}.correction_counts_by_day WHERE day = ? AND slot_start >= ? "
@@ -306,10 +314,17 @@ class PredictionRepository:
         )
         writes = []
         for slot, (success, rows) in zip(slots, results):
+            day = buckets.utc_day(slot)
             confusion = [0] * (DIGIT_COUNT * DIGIT_COUNT)
+            by_version: dict[str, list[int]] = {}
             for row in rows:
                 confusion[row.true_label * DIGIT_COUNT + row.predicted_digit] += 1
-            writes.append((self._insert_correction_rollup, (buckets.utc_day(slot), slot, confusion, started)))
+                counts = by_version.setdefault(row.model_version or "", [0, 0])
+                counts[0] += 1
+                counts[1] += int(row.true_label == row.predicted_digit)
+            writes.append((self._insert_correction_rollup, (day, slot, confusion, started)))
+            writes.extend((self._insert_version_rollup, (day, slot, version, corrections, correct, started))
+                          for version, (corrections, correct) in by_version.items())
         execute_concurrent(self._session, writes, concurrency=concurrency, raise_on_first_error=True)
 
     def replication(self) -> dict[str, str] | None:
@@ -490,6 +505,21 @@ class PredictionRepository:
                     matrix[index] += count
         return AccuracyReport.from_matrix(
             [matrix[row * DIGIT_COUNT:(row + 1) * DIGIT_COUNT] for row in range(DIGIT_COUNT)])
+
+    def accuracy_by_version(self, *, start: datetime.date, end: datetime.date,
+                            zone: zoneinfo.ZoneInfo) -> dict[str, tuple[int, int]]:
+        """(corrections, correct) per model version for predictions made on local days start..end
+        (one read per UTC day of the per-version rollup)."""
+        utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
+        futures = [self._session.execute_async(self._select_version_rollup, (day, utc_start, utc_end))
+                   for day in buckets.utc_days_between(utc_start, utc_end)]
+        totals: dict[str, list[int]] = {}
+        for future in futures:
+            for row in future.result():
+                counts = totals.setdefault(row.model_version, [0, 0])
+                counts[0] += row.corrections
+                counts[1] += row.correct
+        return {version: (corrections, correct) for version, (corrections, correct) in totals.items()}
 
 
 def _milliseconds(moment: datetime.datetime) -> datetime.datetime:

@@ -219,6 +219,13 @@ class PredictionStore:
         repository = self._require_repository()
         return self._read(lambda: repository.accuracy(start=start, end=end, zone=zone))
 
+    def accuracy_by_version(self, *, start: datetime.date, end: datetime.date,
+                            timezone: str | None = None) -> dict[str, tuple[int, int]]:
+        """(corrections, correct) per model version, from the sent corrections of predictions made on local days start..end."""
+        zone = buckets.zone(timezone or self.settings.display_timezone)
+        repository = self._require_repository()
+        return self._read(lambda: repository.accuracy_by_version(start=start, end=end, zone=zone))
+
     def remembered_answer(self, key_hash: str) -> tuple[str, str] | None:
         """The (body fingerprint, answer JSON) given under an Idempotency-Key in the last day, by this
         process (its outbox, even with Cassandra away) or another replica (Cassandra), or None.
