@@ -2,7 +2,7 @@
 the 30-day history counts over 1,000,000 predictions against a naive full scan counted in pandas, and a
 backlog of 100,000 outbox entries drained while new predictions keep arriving.
 
-Run: .venv/bin/python bench/storage.py [--predictions 1000000]
+Run: .venv/bin/python -m bench.storage [--predictions 1000000]
 It starts the node with scripts/cassandra if needed (and stops it again if it did), works in
 its own keyspace (dropped at the end unless --keep), and prints one JSON object as its last line:
 {"insert_speedup", "inserts_per_s", "history_1m_ms", "history_speedup", "backlog_store_p99_ms", ...}.
@@ -32,17 +32,16 @@ import sys
 import tempfile
 import time
 
+import pandas
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import RoundRobinPolicy
+
+from bench.statistics_helpers import percentile
+from mnist_core.settings import settings_from_mapping
+from mnist_core.storage import PredictionRecord, PredictionStore
+from mnist_core.storage.records import time_uuid
+
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY_ROOT))
-
-import pandas  # noqa: E402
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # noqa: E402
-from cassandra.policies import RoundRobinPolicy  # noqa: E402
-
-from mnist_core.settings import settings_from_mapping  # noqa: E402
-from mnist_core.storage import PredictionRecord, PredictionStore  # noqa: E402
-from mnist_core.storage.records import time_uuid  # noqa: E402
-
 CASSANDRA_SCRIPT = REPOSITORY_ROOT / "scripts" / "cassandra"
 KEYSPACE = "bench_storage"
 UTC = datetime.timezone.utc
@@ -52,11 +51,6 @@ TARGETS = {"insert_speedup": 100, "inserts_per_s": 3000, "history_1m_ms": 500, "
 AT_MOST = ("history_1m_ms", "backlog_store_p99_ms")
 BACKLOG_SPACING_SECONDS = 1.7
 DRAINED_BELOW = 50
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
 def plain_cluster() -> Cluster:

@@ -63,7 +63,7 @@ def draw_strokes(page, canvas_box: dict, strokes: list[list[tuple[float, float]]
         page.mouse.up()
 
 
-# Installed in the page before a Predict click (browser tests and bench/hardening.py): measures,
+# Installed in the page before a Predict click (browser tests and bench/hardening/): measures,
 # inside the page, from the Predict click event to the "Prediction" metric appearing in the DOM.
 ANSWER_TIMER_SCRIPT = """() => {
   window.__predictClickedAt = null;
