@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, resources
+from mnist_core import model_catalogue
 
 
 def facts_ui(card: dict) -> None:
@@ -80,6 +81,22 @@ def training_setup_ui(card: dict) -> None:
         st.caption("Layers: " + " → ".join(card["layers"]))
 
 
+def versions_ui(served_path) -> None:
+    """Every digit model in the served one's folder, with its card's figures: what could be served instead."""
+    models = model_catalogue.models_beside(served_path)
+    if len(models) < 2:
+        st.caption("Only the served model is in its folder. A fine-tuned model saved beside it (with its card) "
+                   "appears here; `MNIST_MODEL_PATH` chooses which one the app serves.")
+        return
+    rows = [{"model version": entry.model_version, "served": "yes" if entry.served else "",
+             "file": entry.path.name, "MNIST test": entry.test_accuracy, "real digits (fit)": entry.dev_fit_accuracy,
+             "real digits (box)": entry.dev_box_accuracy, "numbers 2–4": entry.numbers_exact} for entry in models]
+    percent = {column: st.column_config.NumberColumn(column, format="percent")
+               for column in ("MNIST test", "real digits (fit)", "real digits (box)", "numbers 2–4")}
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config=percent, key="model_versions")
+    st.caption("`MNIST_MODEL_PATH` chooses the served model; the History page compares versions on your users' feedback.")
+
+
 # Page ---------------------------------------------------------------------------------
 
 st.title("Model")
@@ -99,6 +116,8 @@ st.subheader("Real handwriting")
 real_handwriting_ui(card)
 st.subheader("Number reader")
 number_reader_ui(recognizer.number_reader)
+st.subheader("Model versions")
+versions_ui(recognizer.model_path)
 setup_column, classes_column = st.columns(2)
 with setup_column:
     st.subheader("Architecture and training")
