@@ -88,7 +88,6 @@ def charts_ui(summary: readings.HistorySummary, granularity: str) -> None:
         st.subheader("Feedback: true vs predicted")
         if summary.accuracy.corrections:
             st.altair_chart(charts.confusion_heatmap(summary.accuracy.confusion), width="stretch", key="history_confusion_chart")
-            versions_ui(summary)
         else:
             st.caption("No feedback yet: answer “Was this right?” on the Draw page to fill this in.")
 
@@ -97,6 +96,7 @@ def versions_ui(summary: readings.HistorySummary) -> None:
     """Accuracy from feedback per model version, side by side: is the new model better on these users?"""
     if not summary.accuracy_by_version:
         return
+    st.subheader("Accuracy per model version")
     frame = pd.DataFrame(
         [{"model version": version, "feedback": corrections, "accuracy": correct / corrections}
          for version, corrections, correct in summary.accuracy_by_version if corrections])
@@ -194,5 +194,6 @@ if summary.is_empty:
 
 figures_ui(summary)
 charts_ui(summary, granularity)
+versions_ui(summary)
 table_ui(summary)
 data_set_ui(summary)
