@@ -6,8 +6,9 @@ MNIST training digits (through the preprocessing, as in `train.pipeline`) with t
 oversampled until it makes up `feedback_share` of the pictures: a few hundred corrections then
 matter, and MNIST still holds the rest. The newest share of the feedback (by time, so it stands
 for readings still to come) is held out, and the card compares the new model and the one it
-started from on MNIST test (through the product path), on that held-out feedback, and on the
-real-handwriting development set when it is there. Every figure is computed in this run.
+started from on MNIST test (through the product path), on that held-out feedback, on seeded
+scribbles, letters and doodles (shown as a digit or not), and on the real-handwriting
+development set when it is there. Non-digit drawings stay in the mix, as in the full training. Every figure is computed in this run.
 
     python -m train --feedback FILE.npz [--base models/mnist_cnn.keras] [--output models/mnist_cnn_tuned.keras]
 """
@@ -45,6 +46,11 @@ class FineTuneOptions:
     feedback_share: float = 0.25
     # The newest share of the feedback, kept out of training to measure the new model on.
     holdout_share: float = 0.2
+    # Drawings that are not digits, as a share of the MNIST part (as in train.pipeline), so the
+    # tuned model still refuses scribbles.
+    non_digit_share: float = 0.1
+    # Seeded non-digits of each kind the two models are compared on.
+    non_digits_per_kind: int = 300
     mnist_subset: int | None = None
     test_subset: int | None = None
     development_set: Path | None = None
@@ -117,6 +123,15 @@ def _development_accuracies(model_path: Path, development_set: Path | None) -> d
             for placement in ("fit", "box")}
 
 
+def _non_digits_shown(model_path: Path, per_kind: int = 300) -> dict:
+    """Seeded scribbles, letters and doodles shown as a digit with confidence >= 0.6 (evaluation/non_digits.py)."""
+    from bench.drawn_digits import non_digit_figures
+    from mnist_core.inference import load_recognizer
+
+    figures = non_digit_figures(load_recognizer(model_path), per_kind)
+    return {kind: round(result["shown_as_digit_confident"], 4) for kind, result in figures.items()}
+
+
 def _mixed_training_set(mnist_inputs: np.ndarray, mnist_labels: np.ndarray, feedback: Feedback,
                         share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not len(feedback.labels):
@@ -136,7 +151,7 @@ def fine_tune(options: FineTuneOptions, data: MnistSplits | None = None) -> dict
 
     from mnist_core import model as model_module
     from train.augment import augment_batch
-    from train.canvas_rendering import generate
+    from train.canvas_rendering import NOT_A_DIGIT, generate
 
     feedback = load_feedback(options.feedback)
     if len(feedback.labels) < 2:
@@ -156,6 +171,11 @@ def fine_tune(options: FineTuneOptions, data: MnistSplits | None = None) -> dict
     mnist_images = data.train_images[:options.mnist_subset]
     mnist_labels = data.train_labels[:options.mnist_subset]
     mnist_inputs = generate("mnist", len(mnist_images), mnist_images, mnist_labels, seed=options.seed)
+    non_digits = int(round(len(mnist_images) * options.non_digit_share))
+    if non_digits:
+        mnist_inputs = np.concatenate([mnist_inputs, generate("non_digit", non_digits, mnist_images, mnist_labels,
+                                                              seed=options.seed + 2)])
+        mnist_labels = np.concatenate([mnist_labels, np.full(non_digits, NOT_A_DIGIT, dtype=mnist_labels.dtype)])
     inputs, labels = _mixed_training_set(mnist_inputs, mnist_labels, training_feedback,
                                          options.feedback_share, options.seed)
     dataset = tf.data.Dataset.from_tensor_slices((inputs[..., None], np.eye(classes, dtype=np.float32)[labels]))
@@ -185,6 +205,10 @@ def fine_tune(options: FineTuneOptions, data: MnistSplits | None = None) -> dict
         "held_out_feedback": {"base": _network_accuracy(base, held_out), "tuned": _network_accuracy(network, held_out),
                               "examples": int(len(held_out.labels))},
     }
+    comparison["non_digits_shown_as_digit"] = {
+        "base": _non_digits_shown(base_served if base_served.exists() else base_path, options.non_digits_per_kind),
+        "tuned": _non_digits_shown(served, options.non_digits_per_kind),
+        "per_kind": options.non_digits_per_kind}
     development = {"base": _development_accuracies(base_served if base_served.exists() else base_path,
                                                    options.development_set),
                    "tuned": _development_accuracies(served, options.development_set)}
@@ -200,7 +224,8 @@ def fine_tune(options: FineTuneOptions, data: MnistSplits | None = None) -> dict
             "feedback_file": str(options.feedback), "feedback_readings": int(len(feedback.labels)),
             "trained_on": int(len(training_feedback.labels)), "held_out": int(len(held_out.labels)),
             "held_out_from": str(held_out.created_at[0]) if len(held_out.labels) else None,
-            "feedback_share": options.feedback_share, "mnist_examples": int(len(mnist_labels)),
+            "feedback_share": options.feedback_share, "mnist_examples": int(len(mnist_images)),
+            "non_digit_examples": non_digits,
             "epochs": options.epochs, "learning_rate": options.learning_rate, "seed": options.seed,
             "comparison": comparison,
         },
