@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.canvas_layouts import PLACEMENTS, draw_digit, numbers_from_writers
-from evaluation.non_digits import NON_DIGIT_KINDS, non_digit_pictures
+from evaluation.non_digits import CONFIDENT, non_digit_figures
 from evaluation.unipen import DEFAULT_PATH, DevelopmentSetMissing, read_unipen
 from mnist_core.inference import load_recognizer
 
 NUMBER_LENGTHS = (2, 3, 4, 5, 6)
-CONFIDENT = 0.6
 
 
 def read_all(recognizer, pictures) -> list:
@@ -80,21 +79,6 @@ def number_figures(recognizer, digits, per_length: int, *, with_strokes: bool = 
         "digit_count": float(np.mean([len(reading.digits) == len(number.text)
                                       for number, reading in short])),
         "count": len(short)}
-    return figures
-
-
-def non_digit_figures(recognizer, per_kind: int) -> dict:
-    figures = {}
-    for kind in NON_DIGIT_KINDS:
-        readings = read_all(recognizer, non_digit_pictures(kind, per_kind, seed=31))
-        # What the Draw page would show: the whole answer's confidence (a number's is the
-        # product of its digits').
-        shown = [reading.has_digits and reading.overall_confidence >= CONFIDENT
-                 for reading in readings]
-        figures[kind] = {"shown_as_digit_confident": float(np.mean(shown)),
-                         "refused": float(np.mean([reading.is_not_a_digit
-                                                   for reading in readings])),
-                         "count": len(readings)}
     return figures
 
 

@@ -118,7 +118,7 @@ def main(arguments: list[str] | None = None) -> int:
 
         tuned_path = work / "tuned" / "mnist_cnn_tuned.keras"
         card = fine_tune(FineTuneOptions(feedback=export, base=SHIPPED_MODEL, output=tuned_path,
-                                         epochs=parsed.epochs, development_set=work / "no-development-set"))
+                                         epochs=parsed.epochs))
         comparison = card["fine_tune"]["comparison"]
         figures["mnist_test"] = comparison["mnist_test_through_product"]
         figures["held_out_feedback_of_users"] = comparison["held_out_feedback"]

@@ -14,6 +14,8 @@ import numpy as np
 from mnist_core.strokes import CANVAS_SIDE, canvas_picture
 
 NON_DIGIT_KINDS = ("scribbles", "letters", "doodles")
+# The Draw page shows an answer at or above this confidence as sure.
+CONFIDENT = 0.6
 
 # Capital letters as strokes in a unit box (x right, y down). Letters a digit could
 # honestly be read as (O, I, L, S, Z, B, G, Q, J, D...) are left out.
@@ -162,3 +164,19 @@ def non_digit_pictures(kind: str, count: int, *, seed: int) -> list[np.ndarray]:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {', '.join(NON_DIGIT_KINDS)}.")
     random = np.random.default_rng([seed, NON_DIGIT_KINDS.index(kind)])
     return [makers[kind](random) for _ in range(count)]
+
+
+def non_digit_figures(recognizer, per_kind: int) -> dict:
+    """Per kind, the share of seeded non-digits shown as a digit at CONFIDENT or above, and refused."""
+    figures = {}
+    for kind in NON_DIGIT_KINDS:
+        readings = [recognizer.read(picture) for picture in non_digit_pictures(kind, per_kind, seed=31)]
+        # What the Draw page would show: the whole answer's confidence (a number's is the
+        # product of its digits').
+        shown = [reading.has_digits and reading.overall_confidence >= CONFIDENT
+                 for reading in readings]
+        figures[kind] = {"shown_as_digit_confident": float(np.mean(shown)),
+                         "refused": float(np.mean([reading.is_not_a_digit
+                                                   for reading in readings])),
+                         "count": len(readings)}
+    return figures

@@ -42,8 +42,6 @@ def parse_arguments(arguments: list[str]) -> argparse.Namespace:
                         help="with --feedback: the newest share of it kept out of training, to measure on")
     parser.add_argument("--feedback-share", type=float, default=0.25,
                         help="with --feedback: its share of each epoch's pictures (repeated as needed)")
-    parser.add_argument("--dev-set", type=Path, default=None,
-                        help="with --feedback: the real-handwriting development set (default: ../shared/...)")
     return parser.parse_args(arguments)
 
 
@@ -94,7 +92,7 @@ def _fine_tune(parsed: argparse.Namespace) -> int:
     options = FineTuneOptions(feedback=parsed.feedback, base=parsed.base, output=parsed.output or DEFAULT_OUTPUT,
                               epochs=parsed.epochs or 2, holdout_share=parsed.holdout,
                               feedback_share=parsed.feedback_share, mnist_subset=parsed.train_subset,
-                              development_set=parsed.dev_set, seed=parsed.seed, verbose=2 if parsed.quiet else 1)
+                              seed=parsed.seed, verbose=2 if parsed.quiet else 1)
     try:
         card = fine_tune(options)
     except (FeedbackFileError, FileNotFoundError, DatasetUnavailable) as error:

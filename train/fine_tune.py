@@ -6,9 +6,11 @@ MNIST training digits (through the preprocessing, as in `train.pipeline`) with t
 oversampled until it makes up `feedback_share` of the pictures: a few hundred corrections then
 matter, and MNIST still holds the rest. The newest share of the feedback (by time, so it stands
 for readings still to come) is held out, and the card compares the new model and the one it
-started from on MNIST test (through the product path), on that held-out feedback, on seeded
-scribbles, letters and doodles (shown as a digit or not), and on the real-handwriting
-development set when it is there. Non-digit drawings stay in the mix, as in the full training. Every figure is computed in this run.
+started from on MNIST test (through the product path), on that held-out feedback, and on seeded
+scribbles, letters and doodles (shown as a digit or not). Non-digit drawings stay in the mix, as
+in the full training. Every figure is computed in this run. Training never reads the real
+pen-drawn digits kept for evaluation; their figures reach the tuned card afterwards, from
+`python -m bench.drawn_digits --model TUNED.tflite --write-card`, as for the shipped model.
 
     python -m train --feedback FILE.npz [--base models/mnist_cnn.keras] [--output models/mnist_cnn_tuned.keras]
 """
@@ -53,7 +55,6 @@ class FineTuneOptions:
     non_digits_per_kind: int = 300
     mnist_subset: int | None = None
     test_subset: int | None = None
-    development_set: Path | None = None
     seed: int = 2019
     verbose: int = 2
 
@@ -108,24 +109,9 @@ def _product_test_accuracy(model_path: Path, data: MnistSplits, subset: int | No
     return float((predicted == labels).mean())
 
 
-def _development_accuracies(model_path: Path, development_set: Path | None) -> dict | None:
-    """Both placements of the real pen-drawn digits, when the set is on this machine."""
-    from bench.drawn_digits import digit_figures
-    from evaluation.unipen import DevelopmentSetMissing, read_unipen
-    from mnist_core.inference import load_recognizer
-
-    try:
-        digits = read_unipen(development_set) if development_set else read_unipen()
-    except DevelopmentSetMissing:
-        return None
-    recognizer = load_recognizer(model_path)
-    return {placement: round(digit_figures(recognizer, digits, placement)["accuracy"], 4)
-            for placement in ("fit", "box")}
-
-
 def _non_digits_shown(model_path: Path, per_kind: int = 300) -> dict:
     """Seeded scribbles, letters and doodles shown as a digit with confidence >= 0.6 (evaluation/non_digits.py)."""
-    from bench.drawn_digits import non_digit_figures
+    from evaluation.non_digits import non_digit_figures
     from mnist_core.inference import load_recognizer
 
     figures = non_digit_figures(load_recognizer(model_path), per_kind)
@@ -166,7 +152,9 @@ def fine_tune(options: FineTuneOptions, data: MnistSplits | None = None) -> dict
     base = model_module.load_model(options.base)
     base_path = Path(options.base)
     base_card = json.loads(model_card_path(base_path).read_text()) if model_card_path(base_path).exists() else {}
-    network = model_module.load_model(options.base)
+    # The copy that is trained; the base stays as it was, to be compared with.
+    network = keras.models.clone_model(base)
+    network.set_weights(base.get_weights())
     classes = int(network.output_shape[-1])
     mnist_images = data.train_images[:options.mnist_subset]
     mnist_labels = data.train_labels[:options.mnist_subset]
@@ -196,24 +184,20 @@ def fine_tune(options: FineTuneOptions, data: MnistSplits | None = None) -> dict
     output.parent.mkdir(parents=True, exist_ok=True)
     network.save(output)
     served = export_litert(output, record=False)
-    base_served = base_path.with_suffix(".tflite")
+    # The base as the product reads it: its LiteRT file when it has one.
+    base_served = base_path.with_suffix(".tflite") if base_path.with_suffix(".tflite").exists() else base_path
     comparison = {
         "mnist_test_through_product": {
-            "base": _product_test_accuracy(base_served if base_served.exists() else base_path, data, options.test_subset),
+            "base": _product_test_accuracy(base_served, data, options.test_subset),
             "tuned": _product_test_accuracy(served, data, options.test_subset),
             "examples": int(len(data.test_labels[:options.test_subset]))},
         "held_out_feedback": {"base": _network_accuracy(base, held_out), "tuned": _network_accuracy(network, held_out),
                               "examples": int(len(held_out.labels))},
     }
     comparison["non_digits_shown_as_digit"] = {
-        "base": _non_digits_shown(base_served if base_served.exists() else base_path, options.non_digits_per_kind),
+        "base": _non_digits_shown(base_served, options.non_digits_per_kind),
         "tuned": _non_digits_shown(served, options.non_digits_per_kind),
         "per_kind": options.non_digits_per_kind}
-    development = {"base": _development_accuracies(base_served if base_served.exists() else base_path,
-                                                   options.development_set),
-                   "tuned": _development_accuracies(served, options.development_set)}
-    if development["tuned"] is not None:
-        comparison["development_set"] = development
     card = {
         **{key: base_card[key] for key in ("architecture", "layers", "parameter_count", "classes") if key in base_card},
         "model_version": f"{base_card.get('model_version', base_path.stem)}+feedback-{time.strftime('%Y%m%d')}",
@@ -229,8 +213,6 @@ def fine_tune(options: FineTuneOptions, data: MnistSplits | None = None) -> dict
             "epochs": options.epochs, "learning_rate": options.learning_rate, "seed": options.seed,
             "comparison": comparison,
         },
-        **({"real_handwriting": {"dev_fit_accuracy": development["tuned"]["fit"],
-                                 "dev_box_accuracy": development["tuned"]["box"]}} if development["tuned"] else {}),
         "history": {name: [float(value) for value in values] for name, values in history.history.items()},
         "training_seconds": round(training_seconds, 1),
         "data_sha256": data.sha256,
