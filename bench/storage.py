@@ -40,6 +40,7 @@ from bench.statistics_helpers import percentile
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionRecord, PredictionStore
 from mnist_core.storage.records import time_uuid
+from tests.stored_rows import day_slots
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CASSANDRA_SCRIPT = REPOSITORY_ROOT / "scripts" / "cassandra"
@@ -129,7 +130,7 @@ def count_stored(ids: list, days: set[datetime.date]) -> tuple[int, int]:
     wanted = set(ids)
     found = []
     for day in days:
-        found += [row.id for row in session.execute(f"SELECT id FROM {KEYSPACE}.predictions_by_day WHERE day = %s", (day,))
+        found += [row.id for row in session.execute(f"SELECT id FROM {KEYSPACE}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),))
                   if row.id in wanted]
     cluster.shutdown()
     return len(found), len(set(found))
@@ -218,7 +219,7 @@ def naive_history_counts(first_day: datetime.date, last_day: datetime.date) -> t
     session = cluster.connect()
     session.default_fetch_size = 5000
     started = time.perf_counter()
-    rows = session.execute(f"SELECT * FROM {KEYSPACE}.predictions_by_day", timeout=600)
+    rows = session.execute(f"SELECT * FROM {KEYSPACE}.predictions_by_slot", timeout=600)
     frame = pandas.DataFrame(list(rows))
     frame["local_day"] = pandas.to_datetime(frame["created_at"], utc=True).dt.date
     in_range = frame[(frame["local_day"] >= first_day) & (frame["local_day"] <= last_day)]

@@ -87,7 +87,8 @@ def migrate(*, grant_to: str | None = None, output=sys.stdout) -> int:
         return 2
     try:
         applied = migrations.apply_migrations(cluster, keyspace=settings.cassandra_keyspace,
-                                              replication=settings.cassandra_replication)
+                                              replication=settings.cassandra_replication,
+                                              retention_days=settings.retention_days)
         if grant_to is not None:
             migrations.grant_reading_and_writing(cluster, keyspace=settings.cassandra_keyspace, role=grant_to)
     except (StorageError, DriverException, ValueError) as error:

@@ -121,6 +121,8 @@ class Settings:
     # Writes acknowledged this long before a node went down are sent again when it is back: longer than
     # Cassandra's default periodic commit log sync (10 s), the writes a killed node can lose.
     outbox_resend_window_seconds: float = 15.0
+    # Raw prediction rows live this many days after the prediction (None: forever); rollups stay
+    retention_days: int | None = None
     # Display
     display_timezone: str = "UTC"
     # Recognizer
@@ -172,6 +174,16 @@ def _integer(mapping: Mapping[str, str], name: str, default: int, *, minimum: in
     if number < minimum:
         raise ValueError(f"{ENVIRONMENT_PREFIX}{name}={number} must be at least {minimum}.")
     return number
+
+
+def _retention_days(mapping: Mapping[str, str]) -> int | None:
+    """MNIST_RETENTION_DAYS: blank keeps rows forever; otherwise 1 to 7300 days (Cassandra's TTL ends at 20 years)."""
+    if _text(mapping, "RETENTION_DAYS") is None:
+        return None
+    days = _integer(mapping, "RETENTION_DAYS", 0, minimum=1)
+    if days > 7300:
+        raise ValueError(f"{ENVIRONMENT_PREFIX}RETENTION_DAYS={days} must be at most 7300 (Cassandra's TTL ends at 20 years).")
+    return days
 
 
 def _number(mapping: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float | None = None) -> float:
@@ -340,6 +352,7 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
         outbox_resend_window_seconds=_number(
             mapping, "OUTBOX_RESEND_WINDOW", defaults.outbox_resend_window_seconds, minimum=0.0
         ),
+        retention_days=_retention_days(mapping),
         display_timezone=display_timezone,
         model_path=_path(mapping, "MODEL_PATH", defaults.model_path),
         confidence_threshold=_number(

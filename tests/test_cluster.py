@@ -24,6 +24,7 @@ from cassandra.query import SimpleStatement
 
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore, StoreOutcome
+from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow, pytest.mark.cluster]
 
@@ -193,7 +194,7 @@ def test_a_thousand_predictions_at_quorum_survive_a_stopped_node(three_nodes, tm
 
             def node_three_count() -> int:
                 return sum(node_three_session.execute(
-                    f"SELECT COUNT(*) FROM {KEYSPACE}.predictions_by_day WHERE day = %s", (day,)
+                    f"SELECT COUNT(*) FROM {KEYSPACE}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),)
                 ).one()[0] for day in days)
 
             wait_until(lambda: node_three_count() == PREDICTIONS, seconds=180,
@@ -205,9 +206,9 @@ def test_a_thousand_predictions_at_quorum_survive_a_stopped_node(three_nodes, tm
         found = []
         for day in days:
             statement = SimpleStatement(
-                f"SELECT id FROM {KEYSPACE}.predictions_by_day WHERE day = %s", consistency_level=ConsistencyLevel.ALL
+                f"SELECT id FROM {KEYSPACE}.predictions_by_slot WHERE slot_start IN %s", consistency_level=ConsistencyLevel.ALL
             )
-            found += [row.id for row in session.execute(statement, (day,), timeout=60)]
+            found += [row.id for row in session.execute(statement, (day_slots(day),), timeout=60)]
         wanted = {record.id for record in records}
         assert len(wanted - set(found)) == 0, "lost predictions"
         assert len(found) == len(set(found)) == PREDICTIONS, "duplicated predictions"

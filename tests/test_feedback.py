@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from mnist_core import feedback, rest_api
 from mnist_core.storage import StoreOutcome
+from tests.stored_rows import slot_of
 
 pytestmark = pytest.mark.cassandra
 
@@ -36,8 +37,8 @@ def client(recognizer, store):
 
 def _true_label(raw_session, keyspace: str, record) -> int | None:
     row = raw_session.execute(
-        f"SELECT true_label FROM {keyspace}.predictions_by_day WHERE day = %s AND created_at = %s AND id = %s",
-        (record.created_at.date(), record.created_at, record.id)).one()
+        f"SELECT true_label FROM {keyspace}.predictions_by_slot WHERE slot_start = %s AND created_at = %s AND id = %s",
+        (slot_of(record.created_at), record.created_at, record.id)).one()
     return None if row is None else row.true_label
 
 

@@ -221,7 +221,7 @@ def client(recognizer, watched_store):
 
 def stored_prediction_ids(raw_session, keyspace: str) -> set[str]:
     """Every prediction id in the keyspace, read with a plain driver session (the table is this module's own)."""
-    return {str(row.id) for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day")}
+    return {str(row.id) for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_slot")}
 
 
 # ---------------------------------------------------------------------------------------

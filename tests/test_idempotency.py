@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from mnist_core import idempotency, rest_api
 from tests.test_rest_api import digit_pngs, png_bytes
+from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 
@@ -40,9 +41,9 @@ def two_digits(recognizer, mnist):
 
 def _stored_ids(raw_session, store) -> list[uuid.UUID]:
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    query = f"SELECT id FROM {store.settings.cassandra_keyspace}.predictions_by_day WHERE day = %s"
+    query = f"SELECT id FROM {store.settings.cassandra_keyspace}.predictions_by_slot WHERE slot_start IN %s"
     return sorted(row.id for offset in (-1, 0, 1)
-                  for row in raw_session.execute(query, (today + datetime.timedelta(days=offset),)))
+                  for row in raw_session.execute(query, (day_slots(today + datetime.timedelta(days=offset)),)))
 
 
 def _post(client, body: bytes, key: str | None):

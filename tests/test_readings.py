@@ -15,6 +15,7 @@ from mnist_core import readings
 from mnist_core.storage import StoreOutcome
 from mnist_core.storage.records import time_uuid
 from train.drawings import CANVAS_SIDE, redraw
+from tests.stored_rows import slot_of
 
 pytestmark = pytest.mark.cassandra
 
@@ -42,9 +43,9 @@ def test_a_drawing_is_read_and_stored_with_what_the_model_saw(drawn, recognizer,
     store.flush()
     assert result.reading.digit == label
     row = raw_session.execute(
-        f"SELECT digit, source, model_version, model_input, confidence FROM {store.settings.cassandra_keyspace}.predictions_by_day "
-        "WHERE day = %s AND created_at = %s AND id = %s",
-        (result.record.created_at.date(), result.record.created_at, result.record.id),
+        f"SELECT digit, source, model_version, model_input, confidence FROM {store.settings.cassandra_keyspace}.predictions_by_slot "
+        "WHERE slot_start = %s AND created_at = %s AND id = %s",
+        (slot_of(result.record.created_at), result.record.created_at, result.record.id),
     ).one()
     assert row is not None, "the prediction is not in Cassandra"
     assert (row.digit, row.source, row.model_version) == (label, "canvas", recognizer.model_version)

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from mnist_core import rest_api
 from train.drawings import redraw
+from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 
@@ -80,8 +81,8 @@ def test_predict_with_a_raw_png_body_stores_an_api_prediction(client, digit_png,
     assert answer["stored"] == "accepted"
     store.flush()
     row = raw_session.execute(
-        f"SELECT source, digit FROM {store.settings.cassandra_keyspace}.predictions_by_day WHERE day = %s",
-        (datetime.datetime.now(datetime.timezone.utc).date(),),
+        f"SELECT source, digit FROM {store.settings.cassandra_keyspace}.predictions_by_slot WHERE slot_start IN %s",
+        (day_slots(datetime.datetime.now(datetime.timezone.utc).date()),),
     )
     stored = {(item.source, item.digit) for item in row}
     assert ("api", label) in stored

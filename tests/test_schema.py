@@ -83,8 +83,8 @@ def test_keyspace_uses_the_configured_replication(raw_session, module_keyspace: 
 def test_tables_are_named_by_key_and_say_what_they_serve(raw_session, module_keyspace: str) -> None:
     tables, _ = _schema_snapshot(raw_session, module_keyspace)
     names = {table[0] for table in tables}
-    assert {"predictions_by_day", "prediction_digits_by_day", "digit_counts_by_day", "count_slots_to_refresh_by_day",
-            "corrections_by_day"} <= names
+    assert {"predictions_by_slot", "prediction_digits_by_slot", "digit_counts_by_day", "count_slots_to_refresh_by_day",
+            "corrections_by_slot", "prediction_slots_by_day"} <= names
     for name, comment, *_ in tables:
         assert name == "schema_migrations" or "_by_" in name, name
         assert comment.startswith("Serves:"), f"{name} has no 'Serves:' comment"
@@ -98,7 +98,7 @@ def test_time_series_are_newest_first(raw_session, module_keyspace: str) -> None
             (module_keyspace,),
         )
     }
-    assert clustering[("predictions_by_day", "created_at")] == "desc"
+    assert clustering[("predictions_by_slot", "created_at")] == "desc"
     assert clustering[("digit_counts_by_day", "slot_start")] == "desc"
 
 

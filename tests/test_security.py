@@ -48,6 +48,7 @@ from mnist_core.settings import Replication, settings_from_mapping
 from tests import dependency_audit
 from tests.conftest import REPOSITORY_ROOT, build_record
 from tests.dependency_audit import Pin, PipAuditRun
+from tests.stored_rows import slot_of
 
 # ---------------------------------------------------------------------------------------
 # CQL injection
@@ -83,13 +84,13 @@ def test_hostile_text_is_stored_and_read_back_literally(store, raw_session) -> N
     for record in records:
         assert read_back[record.id] == record, record.model_version
     assert keyspace_tables(raw_session, keyspace) == tables_before
-    stored = {row.model_version for row in raw_session.execute(f"SELECT model_version FROM {keyspace}.predictions_by_day")}
+    stored = {row.model_version for row in raw_session.execute(f"SELECT model_version FROM {keyspace}.predictions_by_slot")}
     assert set(HOSTILE_TEXTS) <= stored
 
 
 @pytest.mark.cassandra
 def test_hostile_text_read_from_cassandra_is_bound_again_when_a_correction_copies_it(store, raw_session) -> None:
-    """write_correction reads the prediction's model_version back and writes it into corrections_by_day."""
+    """write_correction reads the prediction's model_version back and writes it into corrections_by_slot."""
     keyspace = store.settings.cassandra_keyspace
     record = build_record(digit=4, model_version=HOSTILE_TEXTS[0])
     store.store(record)
@@ -100,11 +101,11 @@ def test_hostile_text_read_from_cassandra_is_bound_again_when_a_correction_copie
     accuracy = store.accuracy(start=day - datetime.timedelta(days=1), end=day + datetime.timedelta(days=1))
     assert accuracy.corrections >= 1
     copied = raw_session.execute(
-        f"SELECT model_version, true_label FROM {keyspace}.corrections_by_day WHERE day = %s AND prediction_id = %s",
-        (day, record.id),
+        f"SELECT model_version, true_label FROM {keyspace}.corrections_by_slot WHERE slot_start = %s "
+        "AND prediction_id = %s", (slot_of(record.created_at), record.id),
     ).one()
     assert (copied.model_version, copied.true_label) == (HOSTILE_TEXTS[0], 9)
-    assert "predictions_by_day" in keyspace_tables(raw_session, keyspace)
+    assert "predictions_by_slot" in keyspace_tables(raw_session, keyspace)
 
 
 @pytest.mark.parametrize("field", ["source", "number"])
@@ -362,14 +363,14 @@ def test_with_the_right_key_predictions_are_answered_and_stored_and_without_it_n
         get_recognizer=lambda: recognizer, get_store=lambda: store, default_timezone="UTC", api_key=API_KEY))
     with TestClient(application) as client:
         assert client.get("/api/health").status_code == 200  # open, and connects the store
-        rows_before = {row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day")}
+        rows_before = {row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_slot")}
         refused = [
             client.post("/api/predict", content=digit_png),
             client.post("/api/predict", content=digit_png, headers={"X-API-Key": API_KEY[::-1]}),
             client.post("/api/predict", content=digit_png, headers={"Authorization": f"Bearer {SHORT_KEY}"}),
         ]
         assert [response.status_code for response in refused] == [401, 401, 401]
-        rows_after_refusals = {row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day")}
+        rows_after_refusals = {row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_slot")}
         assert rows_after_refusals == rows_before
 
         answered = [
@@ -381,7 +382,7 @@ def test_with_the_right_key_predictions_are_answered_and_stored_and_without_it_n
         store.flush()
         stats = client.get("/api/stats", headers={"X-API-Key": API_KEY})
         assert stats.status_code == 200 and stats.json()["total"] >= 3
-    rows_after = {str(row.id) for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day")}
+    rows_after = {str(row.id) for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_slot")}
     assert rows_after == {str(row_id) for row_id in rows_before} | {response.json()["id"] for response in answered}
 
 

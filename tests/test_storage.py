@@ -11,6 +11,7 @@ import zoneinfo
 import pytest
 
 from mnist_core.storage import PredictionStore, StoreOutcome
+from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 
@@ -18,7 +19,7 @@ UTC = datetime.timezone.utc
 
 
 def _rows_in_day(raw_session, keyspace: str, day: datetime.date) -> list:
-    return list(raw_session.execute(f"SELECT id, digit FROM {keyspace}.predictions_by_day WHERE day = %s", (day,)))
+    return list(raw_session.execute(f"SELECT id, digit FROM {keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),)))
 
 
 def test_every_field_round_trips(store, make_record) -> None:
@@ -284,7 +285,7 @@ def test_the_app_store_keeps_writes_on_disk_first_and_sends_them_behind(settings
         assert app_store.status().pending == 0
         assert app_store.status().connected
         rows = raw_session.execute(
-            f"SELECT id FROM {app_store.settings.cassandra_keyspace}.predictions_by_day WHERE day = %s", (moment.date(),)
+            f"SELECT id FROM {app_store.settings.cassandra_keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(moment.date()),)
         )
         assert sorted(row.id for row in rows) == sorted(record.id for record in records)
     finally:

@@ -27,6 +27,7 @@ from tests.conftest import plain_cluster
 from tests.test_rest_api import digit_pngs
 from tests.test_storage_kill import daemon_pid
 from train.drawings import redraw
+from tests.stored_rows import day_slots
 
 OPERATOR_KEY = "operator-key-for-the-health-details"
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
@@ -106,7 +107,7 @@ def test_a_hung_node_costs_the_user_nothing_and_loses_nothing(recognizer, settin
         session = cluster.connect()
         today = datetime.datetime.now(datetime.timezone.utc).date()
         stored = [str(row.id) for day in (today - datetime.timedelta(days=1), today) for row in session.execute(
-            f"SELECT id FROM {settings.cassandra_keyspace}.predictions_by_day WHERE day = %s", (day,))]
+            f"SELECT id FROM {settings.cassandra_keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),))]
     finally:
         cluster.shutdown()
     assert sorted(identifier for identifier in stored if identifier in set(identifiers)) == sorted(identifiers)

@@ -22,6 +22,7 @@ import pytest
 from mnist_core.storage import PredictionStore
 from mnist_core.storage.records import time_uuid
 from tests.conftest import REPOSITORY_ROOT, plain_cluster, run_cassandra_script, start_node, stop_node
+from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
@@ -67,7 +68,7 @@ def stored_ids(address: str, keyspace: str, day: datetime.date) -> list:
     cluster = plain_cluster(address)
     try:
         session = cluster.connect()
-        return [row.id for row in session.execute(f"SELECT id FROM {keyspace}.predictions_by_day WHERE day = %s", (day,))]
+        return [row.id for row in session.execute(f"SELECT id FROM {keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),))]
     finally:
         cluster.shutdown()
 

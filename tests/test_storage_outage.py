@@ -10,6 +10,7 @@ import time
 import pytest
 
 from mnist_core.storage import PredictionRecord, PredictionStore, StorageUnavailable, StoreOutcome
+from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
@@ -18,7 +19,7 @@ FLUSH_WAIT_SECONDS = 120
 
 
 def _stored_ids(raw_session, keyspace: str, day: datetime.date) -> list:
-    return [row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_day WHERE day = %s", (day,))]
+    return [row.id for row in raw_session.execute(f"SELECT id FROM {keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),))]
 
 
 def test_predictions_made_during_an_outage_arrive_exactly_once(settings_for, make_record, node_control, plain_cluster):

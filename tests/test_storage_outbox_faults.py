@@ -17,6 +17,7 @@ import pytest
 
 from mnist_core.storage import PredictionStore, outbox
 from mnist_core.storage.connection import target_name
+from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 
@@ -25,7 +26,7 @@ UTC = datetime.timezone.utc
 
 def _ids_on(raw_session, keyspace: str, days) -> list:
     return [row.id for day in days for row in raw_session.execute(
-        f"SELECT id FROM {keyspace}.predictions_by_day WHERE day = %s", (day,))]
+        f"SELECT id FROM {keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),))]
 
 
 def _with_data_dir(settings, name: str):

@@ -129,11 +129,11 @@ class CassandraNode:
         return Cluster([self.address], protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
 
     def stored_ids(self, keyspace: str) -> tuple[collections.Counter, dict[str, str]]:
-        """Rows per prediction id in predictions_by_day (a full scan of our small private keyspace) and their sources."""
+        """Rows per prediction id in predictions_by_slot (a full scan of our small private keyspace) and their sources."""
         cluster = self.connect()
         try:
             session = cluster.connect()
-            rows = session.execute(SimpleStatement(f"SELECT id, source FROM {keyspace}.predictions_by_day", fetch_size=5000))
+            rows = session.execute(SimpleStatement(f"SELECT id, source FROM {keyspace}.predictions_by_slot", fetch_size=5000))
             counts: collections.Counter = collections.Counter()
             sources: dict[str, str] = {}
             for row in rows:

@@ -18,11 +18,15 @@ from cassandra import InvalidRequest, Unauthorized
 from cassandra.cluster import Cluster, Session
 
 from mnist_core.settings import KEYSPACE_NAME_PATTERN, Replication
+from mnist_core.storage import partition_move
 from mnist_core.storage.errors import SchemaMigrationError
 
 SCHEMA_DIRECTORY = pathlib.Path(__file__).resolve().parents[1] / "schema"
 FILE_NAME_PATTERN = re.compile(r"^(\d{3})_([a-z0-9_]+)\.cql$")
 BOOKKEEPING_VERSION = 0
+# Files whose tables replace older ones: the rows are copied after the file's statements and
+# before it is recorded, so an interrupted copy runs again at the next start.
+DATA_MOVES = {"005_slot_partitions_and_retention.cql": partition_move.move_day_partitions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,7 @@ def apply_migrations(
     keyspace: str,
     replication: Replication,
     directory: pathlib.Path = SCHEMA_DIRECTORY,
+    retention_days: int | None = None,
 ) -> list[int]:
     """Create the keyspace and run every schema file not yet recorded in it.
 
@@ -101,7 +106,7 @@ def apply_migrations(
         try:
             create_keyspace(schema_session, keyspace=keyspace, replication=replication)
             schema_session.set_keyspace(keyspace)
-            return _apply_files(schema_session, migrations, keyspace=keyspace)
+            return _apply_files(schema_session, migrations, keyspace=keyspace, retention_days=retention_days)
         except Unauthorized as error:
             raise SchemaMigrationError(
                 f"Keyspace {keyspace} needs schema file(s) {', '.join(f'{version:03d}' for version in missing)}, "
@@ -145,7 +150,8 @@ def _refuse_changed_files(migrations: list[Migration], recorded: dict[int, str],
             )
 
 
-def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str) -> list[int]:
+def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str,
+                 retention_days: int | None) -> list[int]:
     bookkeeping = migrations[0]
     for statement in bookkeeping.statements:
         session.execute(statement)
@@ -159,6 +165,9 @@ def _apply_files(session: Session, migrations: list[Migration], *, keyspace: str
         if migration.version != BOOKKEEPING_VERSION:
             for statement in migration.statements:
                 session.execute(statement)
+            data_move = DATA_MOVES.get(migration.name)
+            if data_move is not None:
+                data_move(session, retention_days=retention_days)
         session.execute(
             insert_record,
             (migration.version, migration.name, migration.checksum, datetime.datetime.now(datetime.timezone.utc)),

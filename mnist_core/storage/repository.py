@@ -4,6 +4,8 @@ Writes are INSERTs (or a plain column UPDATE) keyed by the client-generated pred
 marked idempotent, so the driver may retry them and the outbox may replay them without ever
 counting a prediction twice. Counts never scan predictions: each 15-minute slot's per-digit
 counts are recounted from a narrow table and stored as one rollup row (see 001_predictions.cql).
+Every per-prediction row lives in the partition of its 15-minute UTC slot, and with a retention
+it is written with a TTL ending that many days after the prediction (005_slot_partitions_and_retention.cql).
 Driver exceptions pass through; :mod:`mnist_core.storage.service` decides what they mean.
 """
 
@@ -21,7 +23,7 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from mnist_core.settings import KEYSPACE_NAME_PATTERN
-from mnist_core.storage import buckets, migrations
+from mnist_core.storage import buckets, migrations, retention
 from mnist_core.storage.errors import PredictionNotFound
 from mnist_core.storage.records import (
     CONFIDENCE_BINS,
@@ -50,11 +52,13 @@ def now_microseconds() -> int:
 class PredictionRepository:
     """Reads and writes predictions through one session; build it once per session (it prepares statements)."""
 
-    def __init__(self, session: Session, *, keyspace: str, request_timeout_seconds: float) -> None:
+    def __init__(self, session: Session, *, keyspace: str, request_timeout_seconds: float,
+                 retention_days: int | None = None) -> None:
         if not KEYSPACE_NAME_PATTERN.match(keyspace):
             raise ValueError(f"{keyspace!r} is not a valid keyspace name.")
         self._session = session
         self._keyspace = keyspace
+        self._retention = retention.Retention(retention_days)
         # A dirty marker must outlive any recount that could have missed the write it marks:
         # such a recount starts before the write is acknowledged, at most one request timeout
         # after it was sent. Markers are therefore written with a timestamp this far ahead.
@@ -63,16 +67,24 @@ class PredictionRepository:
         self._marker_written_until: dict[datetime.datetime, int] = {}
         prepare = self._prepare
         self._insert_prediction = prepare(
-            "INSERT INTO {keyspace}.predictions_by_day (day, created_at, id, digit, number, confidence, probabilities, "
-            "model_input, source, model_version, latency_ms, true_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO {keyspace}.predictions_by_slot (slot_start, created_at, id, digit, number, confidence, "
+            "probabilities, model_input, source, model_version, latency_ms, true_label) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
         )
         self._insert_slot_digit = prepare(
-            "INSERT INTO {keyspace}.prediction_digits_by_day (day, slot_start, digit, id, confidence) "
-            "VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO {keyspace}.prediction_digits_by_slot (slot_start, digit, id, confidence) "
+            "VALUES (?, ?, ?, ?) USING TTL ?"
         )
         self._insert_marker = prepare(
             "INSERT INTO {keyspace}.count_slots_to_refresh_by_day (day, slot_start, requested_at) VALUES (?, ?, ?) "
             "USING TIMESTAMP ?"
+        )
+        self._insert_slot_index = prepare(
+            "INSERT INTO {keyspace}.prediction_slots_by_day (day, slot_start) VALUES (?, ?) USING TTL ?"
+        )
+        self._select_day_slots = prepare(
+            "SELECT slot_start FROM {keyspace}.prediction_slots_by_day WHERE day = ? AND slot_start >= ? "
+            "AND slot_start < ?"
         )
         self._select_markers = prepare(
             "SELECT slot_start, WRITETIME(requested_at) AS marked_until FROM {keyspace}.count_slots_to_refresh_by_day "
@@ -82,7 +94,7 @@ class PredictionRepository:
             "DELETE FROM {keyspace}.count_slots_to_refresh_by_day USING TIMESTAMP ? WHERE day = ? AND slot_start = ?"
         )
         self._select_slot = prepare(
-            "SELECT digit, confidence FROM {keyspace}.prediction_digits_by_day WHERE day = ? AND slot_start = ?"
+            "SELECT digit, confidence FROM {keyspace}.prediction_digits_by_slot WHERE slot_start = ?"
         )
         self._insert_rollup = prepare(
             "INSERT INTO {keyspace}.digit_counts_by_day (day, slot_start, counts, confidence_histogram, confidence_sum) "
@@ -93,8 +105,7 @@ class PredictionRepository:
             "WHERE day = ? AND slot_start >= ? AND slot_start < ?"
         )
         self._select_slot_corrections = prepare(
-            "SELECT predicted_digit, true_label, model_version FROM {keyspace}.corrections_by_day "
-            "WHERE day = ? AND prediction_id >= minTimeuuid(?) AND prediction_id <= maxTimeuuid(?)"
+            "SELECT predicted_digit, true_label, model_version FROM {keyspace}.corrections_by_slot WHERE slot_start = ?"
         )
         self._insert_correction_rollup = prepare(
             "INSERT INTO {keyspace}.correction_counts_by_day (day, slot_start, confusion) VALUES (?, ?, ?) "
@@ -112,32 +123,33 @@ class PredictionRepository:
             "SELECT confusion FROM {keyspace}.correction_counts_by_day WHERE day = ? AND slot_start >= ? "
             "AND slot_start < ?"
         )
-        self._select_latest = prepare("SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? LIMIT ?")
         self._select_between = prepare(
-            "SELECT * FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at >= ? AND created_at < ? LIMIT ?"
+            "SELECT * FROM {keyspace}.predictions_by_slot WHERE slot_start = ? AND created_at >= ? AND created_at < ? "
+            "LIMIT ?"
         )
-        # Every column an export writes, oldest first within a day (the reverse of the table's order).
+        # Every column an export writes, oldest first within a slot (the reverse of the table's order).
         self._select_for_export = prepare(
             "SELECT id, created_at, digit, number, confidence, model_input, source, model_version, true_label "
-            "FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at >= ? AND created_at < ? "
+            "FROM {keyspace}.predictions_by_slot WHERE slot_start = ? AND created_at >= ? AND created_at < ? "
             "ORDER BY created_at ASC"
         )
         self._select_prediction_key = prepare(
-            "SELECT digit, model_version FROM {keyspace}.predictions_by_day WHERE day = ? AND created_at = ? AND id = ?"
+            "SELECT digit, model_version FROM {keyspace}.predictions_by_slot WHERE slot_start = ? AND created_at = ? "
+            "AND id = ?"
         )
         # A correction's cells carry its own time as their write time: the latest label wins
-        # whatever order retries and replays deliver them in.
+        # whatever order retries and replays deliver them in. Its TTL ends with the prediction's.
         self._update_true_label = prepare(
-            "UPDATE {keyspace}.predictions_by_day USING TIMESTAMP ? SET true_label = ? "
-            "WHERE day = ? AND created_at = ? AND id = ?"
+            "UPDATE {keyspace}.predictions_by_slot USING TTL ? AND TIMESTAMP ? SET true_label = ? "
+            "WHERE slot_start = ? AND created_at = ? AND id = ?"
         )
         self._insert_correction = prepare(
-            "INSERT INTO {keyspace}.corrections_by_day (day, prediction_id, created_at, predicted_digit, true_label, "
-            "model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO {keyspace}.corrections_by_slot (slot_start, prediction_id, created_at, predicted_digit, "
+            "true_label, model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
         )
         self._insert_correction_at = prepare(
-            "INSERT INTO {keyspace}.corrections_by_day (day, prediction_id, created_at, predicted_digit, true_label, "
-            "model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            "INSERT INTO {keyspace}.corrections_by_slot (slot_start, prediction_id, created_at, predicted_digit, "
+            "true_label, model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
         )
         self._insert_answer = prepare(
             "INSERT INTO {keyspace}.answers_by_idempotency_key (key_hash, body_fingerprint, prediction_id, answer) "
@@ -158,8 +170,10 @@ class PredictionRepository:
         Returns the repository and a warning when the replication drifted (None when it agrees).
         """
         keyspace = settings.cassandra_keyspace
-        migrations.apply_migrations(cluster, keyspace=keyspace, replication=settings.cassandra_replication)
-        repository = cls(session, keyspace=keyspace, request_timeout_seconds=settings.cassandra_request_timeout_seconds)
+        migrations.apply_migrations(cluster, keyspace=keyspace, replication=settings.cassandra_replication,
+                                    retention_days=settings.retention_days)
+        repository = cls(session, keyspace=keyspace, request_timeout_seconds=settings.cassandra_request_timeout_seconds,
+                         retention_days=settings.retention_days)
         return repository, migrations.replication_drift(keyspace, repository.replication(),
                                                         settings.cassandra_replication)
 
@@ -176,19 +190,18 @@ class PredictionRepository:
 
     # Writing predictions ----------------------------------------------------------------
 
-    def _prediction_statements(self, record: PredictionRecord) -> list[tuple[PreparedStatement, tuple]]:
-        """The rows of one prediction, all in its UTC day partition.
+    def _prediction_statements(self, record: PredictionRecord, time_to_live: int) -> list[tuple[PreparedStatement, tuple]]:
+        """The rows of one prediction, all in its 15-minute slot partition (one atomic mutation).
 
         Absent optional values are left unset (not null), so replaying a prediction never
         erases a correction recorded since.
         """
-        day = buckets.utc_day(record.created_at)
         slot = buckets.slot_start(record.created_at)
         statements: list[tuple[PreparedStatement, tuple]] = [
             (
                 self._insert_prediction,
                 (
-                    day,
+                    slot,
                     record.created_at,
                     record.id,
                     record.digit,
@@ -200,38 +213,68 @@ class PredictionRepository:
                     record.model_version,
                     record.latency_ms,
                     UNSET_VALUE if record.true_label is None else record.true_label,
+                    time_to_live,
                 ),
             ),
-            (self._insert_slot_digit, (day, slot, record.digit, record.id, record.confidence)),
+            (self._insert_slot_digit, (slot, record.digit, record.id, record.confidence, time_to_live)),
         ]
+        if record.true_label is not None:
+            statements.append(
+                (
+                    self._insert_correction,
+                    (slot, record.id, record.created_at, record.digit, record.true_label, record.model_version,
+                     record.created_at, time_to_live),
+                )
+            )
+        return statements
+
+    def _marker_statements(self, slots: Iterable[datetime.datetime]) -> list[tuple[PreparedStatement, tuple]]:
+        """Dirty markers and day-index rows for the slots that need them, grouped as one unlogged
+        batch per UTC day (both tables are keyed by the day: one mutation each).
+
+        One marker per slot covers every write sent within a request timeout of it (see __init__);
+        the index row rides with it, so every slot this process writes to is indexed.
+        """
         now = now_microseconds()
         if len(self._marker_written_until) > 10_000:
             self._marker_written_until = {
                 marked_slot: until for marked_slot, until in self._marker_written_until.items() if until > now
             }
-        # One marker per slot covers every write sent within a request timeout of it (see __init__).
-        if self._marker_written_until.get(slot, 0) < now + self._request_timeout_microseconds:
+        by_day: dict[datetime.date, BatchStatement] = {}
+        for slot in sorted(set(slots)):
+            if self._marker_written_until.get(slot, 0) >= now + self._request_timeout_microseconds:
+                continue
+            index_time_to_live = self._retention.slot_time_to_live(slot)
+            if index_time_to_live is None:
+                continue
             marked_until = now + self._marker_lead_microseconds
-            statements.append((self._insert_marker, (day, slot, record.created_at, marked_until)))
+            day = buckets.utc_day(slot)
+            batch = by_day.setdefault(day, BatchStatement(batch_type=BatchType.UNLOGGED))
+            batch.add(self._insert_marker, (day, slot, slot, marked_until))
+            batch.add(self._insert_slot_index, (day, slot, index_time_to_live))
             self._marker_written_until[slot] = marked_until
-        if record.true_label is not None:
-            statements.append(
-                (
-                    self._insert_correction,
-                    (day, record.id, record.created_at, record.digit, record.true_label, record.model_version,
-                     record.created_at),
-                )
-            )
-        return statements
+        for batch in by_day.values():
+            batch.is_idempotent = True
+        return [(batch, None) for batch in by_day.values()]
 
-    def _batch(self, records: Sequence[PredictionRecord]) -> BatchStatement:
-        """Predictions of one UTC day in one unlogged batch: a single-partition batch is one atomic mutation."""
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    def _batches(self, records: Sequence[PredictionRecord], *, size: int) -> list[tuple[BatchStatement, None]]:
+        """Predictions grouped by slot, ``size`` per unlogged batch: a single-partition batch is one
+        atomic mutation. Predictions already past the retention are left out: they would expire at once."""
+        by_slot: dict[datetime.datetime, list[tuple[PredictionRecord, int]]] = {}
         for record in records:
-            for statement, parameters in self._prediction_statements(record):
-                batch.add(statement, parameters)
-        batch.is_idempotent = True
-        return batch
+            time_to_live = self._retention.time_to_live(record.created_at)
+            if time_to_live is not None:
+                by_slot.setdefault(buckets.slot_start(record.created_at), []).append((record, time_to_live))
+        batches = []
+        for slot_records in by_slot.values():
+            for index in range(0, len(slot_records), size):
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for record, time_to_live in slot_records[index:index + size]:
+                    for statement, parameters in self._prediction_statements(record, time_to_live):
+                        batch.add(statement, parameters)
+                batch.is_idempotent = True
+                batches.append((batch, None))
+        return batches
 
     def _forget_markers(self, records: Iterable[PredictionRecord]) -> None:
         """After a failed write its markers may not exist: let the retry or replay write them again."""
@@ -239,36 +282,29 @@ class PredictionRepository:
             self._marker_written_until.pop(buckets.slot_start(record.created_at), None)
 
     def write_prediction(self, record: PredictionRecord) -> datetime.datetime:
-        """Write one prediction (one round trip); returns the count slot that now needs a recount."""
-        try:
-            self._session.execute(self._batch([record]))
-        except BaseException:
-            self._forget_markers([record])
-            raise
-        return buckets.slot_start(record.created_at)
+        """Write one prediction (one round trip, two when its slot needs a marker); returns the
+        count slot that now needs a recount."""
+        return next(iter(self.write_predictions([record], batch_records=1)))
 
-    def write_predictions(self, records: Sequence[PredictionRecord], *, concurrency: int = 8) -> set[datetime.datetime]:
-        """Write many predictions: grouped by day, BULK_BATCH_RECORDS per request, ``concurrency`` requests in flight.
+    def write_predictions(self, records: Sequence[PredictionRecord], *, concurrency: int = 8,
+                          batch_records: int = BULK_BATCH_RECORDS) -> set[datetime.datetime]:
+        """Write many predictions: grouped by slot, ``batch_records`` per request, ``concurrency`` requests in flight.
 
+        The slots' markers (and day-index rows) are written first, so an acknowledged prediction
+        is always marked and indexed; a failure after them leaves only a harmless extra recount.
         Grouping cuts the per-request cost that dominates a Python client; the groups stay
         below the batch size thresholds of cassandra/conf/cassandra.yaml. Returns the slots to recount.
         """
-        by_day: dict[datetime.date, list[PredictionRecord]] = {}
-        for record in records:
-            by_day.setdefault(buckets.utc_day(record.created_at), []).append(record)
-        batches = [
-            (self._batch(day_records[index:index + BULK_BATCH_RECORDS]), None)
-            for day_records in by_day.values()
-            for index in range(0, len(day_records), BULK_BATCH_RECORDS)
-        ]
+        slots = {buckets.slot_start(record.created_at) for record in records}
         try:
-            for result in execute_concurrent(self._session, batches, concurrency=concurrency,
-                                             raise_on_first_error=True, results_generator=True):
-                del result
+            for step in (self._marker_statements(slots), self._batches(records, size=batch_records)):
+                for result in execute_concurrent(self._session, step, concurrency=concurrency,
+                                                 raise_on_first_error=True, results_generator=True):
+                    del result
         except BaseException:
             self._forget_markers(records)
             raise
-        return {buckets.slot_start(record.created_at) for record in records}
+        return slots
 
     # Counting ---------------------------------------------------------------------------
 
@@ -277,13 +313,14 @@ class PredictionRepository:
 
         The rollup is written with the time the recount began as its write timestamp, so when
         two recounts race, the later one (which saw every write acknowledged before it) wins.
+        A slot whose rows may have begun to expire keeps the rollup it has.
         """
-        slots = sorted(set(slots))
+        slots = sorted(slot for slot in set(slots) if self._retention.may_recount(slot))
         if not slots:
             return
         started = now_microseconds()
         results = execute_concurrent(
-            self._session, [(self._select_slot, (buckets.utc_day(slot), slot)) for slot in slots],
+            self._session, [(self._select_slot, (slot,)) for slot in slots],
             concurrency=concurrency, raise_on_first_error=True,
         )
         writes = []
@@ -301,15 +338,14 @@ class PredictionRepository:
         execute_concurrent(self._session, writes, concurrency=concurrency, raise_on_first_error=True)
 
     def refresh_correction_slots(self, slots: Iterable[datetime.datetime], *, concurrency: int = 32) -> None:
-        """Recount the confusion matrix of each slot's corrected predictions and store its rollup row."""
-        slots = sorted(set(slots))
+        """Recount the confusion matrix of each slot's corrected predictions and store its rollup rows
+        (a slot whose rows may have begun to expire keeps the ones it has)."""
+        slots = sorted(slot for slot in set(slots) if self._retention.may_recount(slot))
         if not slots:
             return
         started = now_microseconds()
-        last_moment = buckets.SLOT_LENGTH - datetime.timedelta(milliseconds=1)
         results = execute_concurrent(
-            self._session,
-            [(self._select_slot_corrections, (buckets.utc_day(slot), slot, slot + last_moment)) for slot in slots],
+            self._session, [(self._select_slot_corrections, (slot,)) for slot in slots],
             concurrency=concurrency, raise_on_first_error=True,
         )
         writes = []
@@ -414,29 +450,34 @@ class PredictionRepository:
 
     # Reading predictions ----------------------------------------------------------------
 
+    def _slots_of_day(self, day: datetime.date, since: datetime.datetime,
+                      until: datetime.datetime) -> list[datetime.datetime]:
+        """The slots of a UTC day that hold predictions and overlap [since, until), newest first."""
+        rows = self._session.execute(self._select_day_slots, (day, buckets.slot_start(since), until))
+        return [buckets.from_cassandra_timestamp(row.slot_start) for row in rows]
+
     def latest(self, *, limit: int, today: datetime.date, max_days: int) -> list[PredictionRecord]:
-        """The newest ``limit`` predictions, walking day partitions back from ``today`` for at most ``max_days``."""
-        records: list[PredictionRecord] = []
-        for offset in range(max_days):
-            day = today - datetime.timedelta(days=offset)
-            for row in self._session.execute(self._select_latest, (day, limit - len(records))):
-                records.append(_record_from_row(row))
-            if len(records) >= limit:
-                break
-        return records
+        """The newest ``limit`` predictions, walking the days back from ``today`` for at most ``max_days``."""
+        until = datetime.datetime.combine(today + datetime.timedelta(days=1), datetime.time.min, tzinfo=buckets.UTC)
+        since = until - datetime.timedelta(days=max_days)
+        return self.between(since=since, until=until, limit=limit)
 
     def between(self, *, since: datetime.datetime, until: datetime.datetime, limit: int) -> list[PredictionRecord]:
         """The newest ``limit`` predictions made in [since, until), newest first.
 
-        Walks the UTC day partitions from until's back to since's, each read bounded on its
-        clustering column, so a past range costs the same as today's however much came after.
+        Walks the UTC days from until's back to since's: one read of a day's slot index, then
+        the slots that exist, newest first, each read bounded on its clustering column, so a
+        past range costs the same as today's however much came after, and an empty day one read.
         """
         records: list[PredictionRecord] = []
         day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
         first_day = since.astimezone(buckets.UTC).date()
         while day >= first_day and len(records) < limit:
-            rows = self._session.execute(self._select_between, (day, since, until, limit - len(records)))
-            records.extend(_record_from_row(row) for row in rows)
+            for slot in self._slots_of_day(day, since, until):
+                rows = self._session.execute(self._select_between, (slot, since, until, limit - len(records)))
+                records.extend(_record_from_row(row) for row in rows)
+                if len(records) >= limit:
+                    break
             day -= datetime.timedelta(days=1)
         return records
 
@@ -444,22 +485,23 @@ class PredictionRepository:
                         page_size: int = EXPORT_PAGE_SIZE) -> Iterator:
         """Every stored prediction made in [since, until), oldest first, read a page at a time.
 
-        One UTC day partition after another, each paged by the driver, so an export of any range
-        holds one page in memory, never the range.
+        One slot partition after another (found through each day's slot index), each paged by
+        the driver, so an export of any range holds one page in memory, never the range.
         """
         day = since.astimezone(buckets.UTC).date()
         last_day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
         while day <= last_day:
-            statement = self._select_for_export.bind((day, since, until))
-            statement.fetch_size = page_size
-            yield from self._session.execute(statement)
+            for slot in reversed(self._slots_of_day(day, since, until)):
+                statement = self._select_for_export.bind((slot, since, until))
+                statement.fetch_size = page_size
+                yield from self._session.execute(statement)
             day += datetime.timedelta(days=1)
 
     def prediction_exists(self, prediction_id: uuid.UUID) -> bool:
         """Whether Cassandra holds a prediction with this (time-based) id: one single-row read."""
         created_at = _milliseconds(uuid_time(prediction_id))
         return self._session.execute(
-            self._select_prediction_key, (buckets.utc_day(created_at), created_at, prediction_id)).one() is not None
+            self._select_prediction_key, (buckets.slot_start(created_at), created_at, prediction_id)).one() is not None
 
     # Corrections and accuracy -----------------------------------------------------------
 
@@ -467,18 +509,22 @@ class PredictionRepository:
         """Record the true label of a stored prediction (a later correction replaces an earlier one).
 
         The id's own time gives the prediction's partition and clustering key, so no lookup
-        table is needed; both rows are written in one single-partition batch.
+        table is needed; both rows are written in one single-partition batch, and expire with
+        the prediction. A prediction past the retention counts as gone.
         """
         created_at = _milliseconds(uuid_time(prediction_id))
-        day = buckets.utc_day(created_at)
-        key = self._session.execute(self._select_prediction_key, (day, created_at, prediction_id)).one()
+        slot = buckets.slot_start(created_at)
+        time_to_live = self._retention.time_to_live(created_at)
+        key = None if time_to_live is None else self._session.execute(
+            self._select_prediction_key, (slot, created_at, prediction_id)).one()
         if key is None:
             raise PredictionNotFound(f"No stored prediction has the id {prediction_id}.")
         written_at = int(buckets.as_utc(corrected_at).timestamp() * 1_000_000)
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-        batch.add(self._update_true_label, (written_at, true_label, day, created_at, prediction_id))
+        batch.add(self._update_true_label, (time_to_live, written_at, true_label, slot, created_at, prediction_id))
         batch.add(self._insert_correction_at,
-                  (day, prediction_id, created_at, key.digit, true_label, key.model_version, corrected_at, written_at))
+                  (slot, prediction_id, created_at, key.digit, true_label, key.model_version, corrected_at,
+                   time_to_live, written_at))
         batch.is_idempotent = True
         self._session.execute(batch)
 

@@ -26,6 +26,7 @@ from mnist_core.storage.connection import target_name
 from mnist_core.storage.records import time_uuid
 from tests.conftest import REPOSITORY_ROOT, build_record
 from tests.e2e.conftest import free_port, running_app
+from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cassandra, pytest.mark.slow]
 
@@ -66,7 +67,7 @@ def test_outbox_of_an_earlier_process_drains_at_start_without_any_request(module
             if pending() == 0:
                 # Schema and keyspace were created by the app itself, so only query once it says it is done.
                 stored = [row.id for row in raw_session.execute(
-                    f"SELECT id FROM {module_keyspace}.predictions_by_day WHERE day = %s", (moment.date(),))]
+                    f"SELECT id FROM {module_keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(moment.date()),))]
                 if len(stored) >= LEFT_BEHIND:
                     break
             time.sleep(0.5)

@@ -25,6 +25,7 @@ from tests.e2e.conftest import get_json
 from tests.e2e.strokes import ANSWER_TIMER_SCRIPT, digit_strokes, draw_strokes
 from tests.conftest import REPOSITORY_ROOT
 from train.drawings import redraw
+from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cassandra, pytest.mark.slow]
 
@@ -117,7 +118,7 @@ def today_rows(raw_session, keyspace: str) -> list:
     """Rows of today and yesterday (UTC): a run may cross midnight between drawing and checking."""
     today = datetime.datetime.now(datetime.timezone.utc).date()
     return [row for day in (today - datetime.timedelta(days=1), today) for row in raw_session.execute(
-        f"SELECT id, digit, source, true_label, model_input FROM {keyspace}.predictions_by_day WHERE day = %s", (day,)
+        f"SELECT id, digit, source, true_label, model_input FROM {keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),)
     )]
 
 
