@@ -40,6 +40,8 @@ from mnist_core.storage.records import (
 
 # Predictions per request in bulk writes: about 20 KiB, within the batch thresholds we configure.
 BULK_BATCH_RECORDS = 20
+# Slot partitions one range request asks for, at most.
+SLOT_READS_IN_FLIGHT = 32
 # Rows an export reads per page (about 1 kB each, most of it the 28x28 input).
 EXPORT_PAGE_SIZE = 1000
 
@@ -123,9 +125,9 @@ class PredictionRepository:
             "SELECT confusion FROM {keyspace}.correction_counts_by_day WHERE day = ? AND slot_start >= ? "
             "AND slot_start < ?"
         )
-        self._select_between = prepare(
-            "SELECT * FROM {keyspace}.predictions_by_slot WHERE slot_start = ? AND created_at >= ? AND created_at < ? "
-            "LIMIT ?"
+        self._select_between_slots = prepare(
+            "SELECT * FROM {keyspace}.predictions_by_slot WHERE slot_start IN ? AND created_at >= ? AND created_at < ? "
+            "PER PARTITION LIMIT ?"
         )
         # Every column an export writes, oldest first within a slot (the reverse of the table's order).
         self._select_for_export = prepare(
@@ -462,24 +464,39 @@ class PredictionRepository:
         since = until - datetime.timedelta(days=max_days)
         return self.between(since=since, until=until, limit=limit)
 
+    def _slots_newest_first(self, since: datetime.datetime, until: datetime.datetime) -> Iterator[datetime.datetime]:
+        """The slots holding predictions in [since, until), newest first; each day's index is read
+        only when the walk reaches it."""
+        day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
+        first_day = since.astimezone(buckets.UTC).date()
+        while day >= first_day:
+            yield from self._slots_of_day(day, since, until)
+            day -= datetime.timedelta(days=1)
+
     def between(self, *, since: datetime.datetime, until: datetime.datetime, limit: int) -> list[PredictionRecord]:
         """The newest ``limit`` predictions made in [since, until), newest first.
 
-        Walks the UTC days from until's back to since's: one read of a day's slot index, then
-        the slots that exist, newest first, each read bounded on its clustering column, so a
-        past range costs the same as today's however much came after, and an empty day one read.
+        Walks the slots that exist (each UTC day's index, from until's day back to since's), each
+        read bounded on its clustering column, so a past range costs the same as today's however
+        much came after, and an empty day costs one small read. Slots are read in windows that
+        double (1, 2, 4, ... 32 slots, one IN request each) while they come back short: a busy
+        slot answers alone, and sparse readings spread over many slots cost a few requests, not
+        one per slot.
         """
         records: list[PredictionRecord] = []
-        day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
-        first_day = since.astimezone(buckets.UTC).date()
-        while day >= first_day and len(records) < limit:
-            for slot in self._slots_of_day(day, since, until):
-                rows = self._session.execute(self._select_between, (slot, since, until, limit - len(records)))
-                records.extend(_record_from_row(row) for row in rows)
-                if len(records) >= limit:
-                    break
-            day -= datetime.timedelta(days=1)
-        return records
+        slots = self._slots_newest_first(since, until)
+        window = 1
+        while len(records) < limit:
+            chosen = list(itertools.islice(slots, window))
+            if not chosen:
+                break
+            # One request for the window (the per-request cost dominates a Python client); rows
+            # of several partitions come back in token order, so the window is sorted here.
+            rows = self._session.execute(self._select_between_slots, (chosen, since, until, limit - len(records)))
+            records.extend(sorted((_record_from_row(row) for row in rows),
+                                  key=lambda record: (record.created_at, record.id.int), reverse=True))
+            window = min(2 * window, SLOT_READS_IN_FLIGHT)
+        return records[:limit]
 
     def rows_for_export(self, *, since: datetime.datetime, until: datetime.datetime,
                         page_size: int = EXPORT_PAGE_SIZE) -> Iterator:
