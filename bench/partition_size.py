@@ -20,9 +20,10 @@ import re
 import subprocess
 import tempfile
 
-from bench.storage import CASSANDRA_SCRIPT, make_images, make_record, plain_cluster, run_script
+from bench.storage import CASSANDRA_SCRIPT, make_images, make_record, run_script
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore
+from tests.conftest import drop_keyspace
 
 KEYSPACE = "bench_partition_size"
 UTC = datetime.timezone.utc
@@ -72,11 +73,7 @@ def main() -> int:
                    "largest_partition_cells": cells,
                    "within_100_mb": partition_bytes <= LIMIT_BYTES, "within_100k_rows": rows <= LIMIT_ROWS}
     finally:
-        cluster = plain_cluster()
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
-        finally:
-            cluster.shutdown()
+        drop_keyspace(KEYSPACE)
         if started_node:
             run_script("stop")
     print(json.dumps(figures))

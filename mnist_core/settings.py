@@ -176,13 +176,18 @@ def _integer(mapping: Mapping[str, str], name: str, default: int, *, minimum: in
     return number
 
 
+# Cassandra refuses a TTL over 20 years (630,720,000 s), so retention stays below it.
+LONGEST_RETENTION_DAYS = 7300
+
+
 def _retention_days(mapping: Mapping[str, str]) -> int | None:
-    """MNIST_RETENTION_DAYS: blank keeps rows forever; otherwise 1 to 7300 days (Cassandra's TTL ends at 20 years)."""
+    """MNIST_RETENTION_DAYS: blank keeps rows forever; otherwise 1 to LONGEST_RETENTION_DAYS days."""
     if _text(mapping, "RETENTION_DAYS") is None:
         return None
     days = _integer(mapping, "RETENTION_DAYS", 0, minimum=1)
-    if days > 7300:
-        raise ValueError(f"{ENVIRONMENT_PREFIX}RETENTION_DAYS={days} must be at most 7300 (Cassandra's TTL ends at 20 years).")
+    if days > LONGEST_RETENTION_DAYS:
+        raise ValueError(f"{ENVIRONMENT_PREFIX}RETENTION_DAYS={days} must be at most {LONGEST_RETENTION_DAYS} "
+                         "(Cassandra's TTL ends at 20 years).")
     return days
 
 

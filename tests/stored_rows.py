@@ -10,8 +10,11 @@ import datetime
 
 from cassandra.query import ValueSequence
 
+from mnist_core.storage.buckets import SLOT_LENGTH, slot_start
+
 SLOTS_PER_DAY = 96
-SLOT_LENGTH = datetime.timedelta(minutes=15)
+# The start of the 15-minute UTC slot holding a moment: the partition key of its rows.
+slot_of = slot_start
 
 
 def day_slots(day: datetime.date) -> ValueSequence:
@@ -19,8 +22,3 @@ def day_slots(day: datetime.date) -> ValueSequence:
     midnight = datetime.datetime.combine(day, datetime.time.min, tzinfo=datetime.timezone.utc)
     return ValueSequence([midnight + index * SLOT_LENGTH for index in range(SLOTS_PER_DAY)])
 
-
-def slot_of(moment: datetime.datetime) -> datetime.datetime:
-    """The start of the 15-minute UTC slot holding a moment: the partition key of its rows."""
-    moment = moment.astimezone(datetime.timezone.utc)
-    return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)

@@ -10,6 +10,7 @@ layouts and need nothing. The old tables are left as they were (see the schema f
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 from cassandra.cluster import Session
@@ -22,10 +23,26 @@ from mnist_core.storage.retention import Retention
 LOGGER = logging.getLogger(__name__)
 PAGE_SIZE = 1000
 CONCURRENCY = 32
+# Statements held at once: a few pages' worth.
+CHUNK_STATEMENTS = 4000
 
 
 def _microseconds(moment) -> int:
     return int(buckets.as_utc(moment).timestamp() * 1_000_000)
+
+
+SELECT_PREDICTIONS = "SELECT * FROM predictions_by_day WHERE day = %s"
+SELECT_CORRECTIONS = "SELECT * FROM corrections_by_day WHERE day = %s"
+
+
+def _live_rows(session: Session, query: str, day, retention: Retention):
+    """The rows of one day partition of an old table, paged, each with its prediction's time and
+    TTL; rows already past the retention are left out."""
+    for row in session.execute(SimpleStatement(query, fetch_size=PAGE_SIZE), (day,)):
+        created_at = buckets.from_cassandra_timestamp(row.created_at)
+        time_to_live = retention.time_to_live(created_at)
+        if time_to_live is not None:
+            yield row, created_at, time_to_live
 
 
 def move_day_partitions(session: Session, *, retention_days: int | None) -> tuple[int, int]:
@@ -46,41 +63,41 @@ def move_day_partitions(session: Session, *, retention_days: int | None) -> tupl
     insert_correction = session.prepare(
         "INSERT INTO corrections_by_slot (slot_start, prediction_id, created_at, predicted_digit, true_label, "
         "model_version, corrected_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?")
-    days = [row.day for row in session.execute(SimpleStatement("SELECT DISTINCT day FROM predictions_by_day",
-                                                               fetch_size=PAGE_SIZE))]
-    predictions = corrections = 0
-    for day in days:
-        statements = []
-        indexed = set()
-        for row in session.execute(SimpleStatement("SELECT * FROM predictions_by_day WHERE day = %s",
-                                                   fetch_size=PAGE_SIZE), (day,)):
-            created_at = buckets.from_cassandra_timestamp(row.created_at)
-            time_to_live = retention.time_to_live(created_at)
-            if time_to_live is None:
-                continue
-            slot = buckets.slot_start(created_at)
-            written_at = _microseconds(created_at)
-            statements.append((insert_prediction, (
-                slot, created_at, row.id, row.digit, UNSET_VALUE if row.number is None else row.number,
-                row.confidence, row.probabilities, row.model_input, row.source, row.model_version, row.latency_ms,
-                UNSET_VALUE if row.true_label is None else row.true_label, time_to_live, written_at)))
-            statements.append((insert_digit, (slot, row.digit, row.id, row.confidence, time_to_live, written_at)))
-            if slot not in indexed:
-                indexed.add(slot)
-                statements.append((insert_index, (buckets.utc_day(slot), slot, retention.slot_time_to_live(slot))))
-            predictions += 1
-        for row in session.execute(SimpleStatement("SELECT * FROM corrections_by_day WHERE day = %s",
-                                                   fetch_size=PAGE_SIZE), (day,)):
-            created_at = buckets.from_cassandra_timestamp(row.created_at)
-            time_to_live = retention.time_to_live(created_at)
-            if time_to_live is None:
-                continue
-            statements.append((insert_correction, (
-                buckets.slot_start(created_at), row.prediction_id, created_at, row.predicted_digit, row.true_label,
-                row.model_version, row.corrected_at, time_to_live,
-                _microseconds(buckets.from_cassandra_timestamp(row.corrected_at or row.created_at)))))
-            corrections += 1
-        execute_concurrent(session, statements, concurrency=CONCURRENCY, raise_on_first_error=True)
+    copied = {"predictions": 0, "corrections": 0}
+
+    def copies():
+        """The INSERTs, made as the day tables are paged, so a day of a million rows is never
+        held in memory."""
+        days = [row.day for row in session.execute(SimpleStatement("SELECT DISTINCT day FROM predictions_by_day",
+                                                                   fetch_size=PAGE_SIZE))]
+        for day in days:
+            indexed = set()
+            for row, created_at, time_to_live in _live_rows(session, SELECT_PREDICTIONS, day, retention):
+                slot = buckets.slot_start(created_at)
+                written_at = _microseconds(created_at)
+                yield insert_prediction, (
+                    slot, created_at, row.id, row.digit, UNSET_VALUE if row.number is None else row.number,
+                    row.confidence, row.probabilities, row.model_input, row.source, row.model_version,
+                    row.latency_ms, UNSET_VALUE if row.true_label is None else row.true_label, time_to_live,
+                    written_at)
+                yield insert_digit, (slot, row.digit, row.id, row.confidence, time_to_live, written_at)
+                if slot not in indexed:
+                    indexed.add(slot)
+                    yield insert_index, (buckets.utc_day(slot), slot, retention.slot_time_to_live(slot))
+                copied["predictions"] += 1
+            for row, created_at, time_to_live in _live_rows(session, SELECT_CORRECTIONS, day, retention):
+                yield insert_correction, (
+                    buckets.slot_start(created_at), row.prediction_id, created_at, row.predicted_digit,
+                    row.true_label, row.model_version, row.corrected_at, time_to_live,
+                    _microseconds(buckets.from_cassandra_timestamp(row.corrected_at or row.created_at)))
+                copied["corrections"] += 1
+
+    # Sent a chunk at a time from this thread: the driver pulls statements from its own I/O
+    # thread, where paging the old tables (a blocking read) must not happen.
+    statements = copies()
+    while chunk := list(itertools.islice(statements, CHUNK_STATEMENTS)):
+        execute_concurrent(session, chunk, concurrency=CONCURRENCY, raise_on_first_error=True)
+    predictions, corrections = copied["predictions"], copied["corrections"]
     if predictions or corrections:
         LOGGER.warning("Schema 005: copied %d predictions and %d corrections from day partitions into 15-minute "
                        "slot partitions; the tables predictions_by_day, prediction_digits_by_day and "

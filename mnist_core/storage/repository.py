@@ -458,12 +458,6 @@ class PredictionRepository:
         rows = self._session.execute(self._select_day_slots, (day, buckets.slot_start(since), until))
         return [buckets.from_cassandra_timestamp(row.slot_start) for row in rows]
 
-    def latest(self, *, limit: int, today: datetime.date, max_days: int) -> list[PredictionRecord]:
-        """The newest ``limit`` predictions, walking the days back from ``today`` for at most ``max_days``."""
-        until = datetime.datetime.combine(today + datetime.timedelta(days=1), datetime.time.min, tzinfo=buckets.UTC)
-        since = until - datetime.timedelta(days=max_days)
-        return self.between(since=since, until=until, limit=limit)
-
     def _slots_newest_first(self, since: datetime.datetime, until: datetime.datetime) -> Iterator[datetime.datetime]:
         """The slots holding predictions in [since, until), newest first; each day's index is read
         only when the walk reaches it."""

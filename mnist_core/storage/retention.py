@@ -12,10 +12,9 @@ from __future__ import annotations
 import datetime
 import math
 
+from mnist_core.settings import LONGEST_RETENTION_DAYS
 from mnist_core.storage import buckets
 
-# Cassandra refuses a TTL over 20 years (630,720,000 s); settings keep retention below it.
-LONGEST_RETENTION_DAYS = 7300
 # A slot is not recounted within this margin of its first row's expiry, so a recount never sees
 # part of a slot already gone (clocks of app and nodes may differ by a little).
 RECOUNT_MARGIN = datetime.timedelta(hours=1)
