@@ -146,7 +146,7 @@ def resident_megabytes(pid: int) -> float:
 
 
 def launch_server(keyspace: str, data_directory: Path, log_path: Path):
-    from tests.e2e.conftest import free_port
+    from tests.app_process import free_port
 
     port = free_port()
     # The bench's own server: no API key from the caller's environment (its polls send none).

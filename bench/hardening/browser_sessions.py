@@ -74,8 +74,10 @@ class BrowserSession:
     """One browser context on the Draw page: clear, draw, Predict, wait for the answer; again."""
 
     def __init__(self, index: int, *, browser, base_url: str, drawings: list[tuple[list, int]],
-                 answer_timeout_seconds: float, dashboard_password: str | None = None) -> None:
+                 answer_timeout_seconds: float, dashboard_password: str | None = None,
+                 cookies: list[dict] | None = None) -> None:
         self.index = index
+        self.cookies = cookies or []  # set before the first page load (a balancer's route cookie)
         self.dashboard_password = dashboard_password
         self.browser = browser
         self.base_url = base_url
@@ -84,6 +86,7 @@ class BrowserSession:
         self.attempts: list[BrowserAttempt] = []
         self.page_errors: list[str] = []
         self.reloads = 0
+        self.websocket_opens: list[float] = []  # monotonic times the page opened its Streamlit websocket
         self.canvas_misses = 0  # drawings that did not show on the canvas (drawn again; not a prediction)
         self.usable = False  # the page is open on the Draw page
         self.context = None
@@ -92,7 +95,10 @@ class BrowserSession:
 
     async def open(self) -> None:
         self.context = await self.browser.new_context(viewport=DESKTOP, device_scale_factor=1)
+        if self.cookies:
+            await self.context.add_cookies(self.cookies)
         self.page = await self.context.new_page()
+        self.page.on("websocket", lambda _: self.websocket_opens.append(time.monotonic()))
         self.page.set_default_timeout(PAGE_TIMEOUT_MS)
         self.page.on("pageerror", lambda error: self.page_errors.append(str(error)[:300]))
         self.page.on("crash", lambda _: self.page_errors.append("page crashed"))

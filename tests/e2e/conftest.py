@@ -9,30 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import REPOSITORY_ROOT, SHIPPED_MODEL_PATH
+from tests.app_process import AppProcess, free_port
 
 CHROMIUM_PATH = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGUMENTS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SERVER_START_TIMEOUT_SECONDS = 180
-SERVER_STOP_TIMEOUT_SECONDS = 20
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get_json(url: str, timeout: float = 10.0) -> tuple[int, dict]:
@@ -58,48 +45,18 @@ def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.P
 
     Yields the base URL; stops the server with SIGTERM (SIGKILL after a grace period).
     """
-    if not SHIPPED_MODEL_PATH.is_file():
-        pytest.fail(f"The app tests need the trained model at {SHIPPED_MODEL_PATH}.", pytrace=False)
-    port = free_port()
-    environment = {
-        **os.environ,
+    app = AppProcess(port=free_port(), log_path=log_path, environment={
         "MNIST_CASSANDRA_CONTACT_POINTS": "127.0.0.1",
         "MNIST_CASSANDRA_KEYSPACE": keyspace,
         "MNIST_DATA_DIR": str(data_directory),
-        "MNIST_MODEL_PATH": str(SHIPPED_MODEL_PATH),
-        "MNIST_DISPLAY_TIMEZONE": "UTC",
         **(extra_environment or {}),
-    }
-    command = [
-        sys.executable, "-m", "streamlit", "run", "Home.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=REPOSITORY_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
+    })
+    app.start()
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"streamlit run exited with {server.returncode}:\n{log_path.read_text()[-4000:]}", pytrace=False)
-            try:
-                if ready(base_url):
-                    break
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"The app did not answer within {SERVER_START_TIMEOUT_SECONDS} s:\n{log_path.read_text()[-4000:]}",
-                            pytrace=False)
-            time.sleep(0.5)
-        yield base_url
+        app.wait_until(ready)
+        yield app.base_url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+        app.stop()
 
 
 @pytest.fixture(scope="module")

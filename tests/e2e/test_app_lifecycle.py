@@ -25,7 +25,8 @@ from mnist_core.storage import outbox
 from mnist_core.storage.connection import target_name
 from mnist_core.storage.records import time_uuid
 from tests.conftest import REPOSITORY_ROOT, build_record
-from tests.e2e.conftest import free_port, running_app
+from tests.app_process import free_port
+from tests.e2e.conftest import running_app
 from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cassandra, pytest.mark.slow]
