@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mnist_core.settings import settings_from_mapping
-from mnist_core.storage import migrations, partition_move
+from mnist_core.storage import migrations, partition_move, repository
 from mnist_core.storage.retention import Retention
 from tests.conftest import plain_cluster
 from tests.stored_rows import slot_of
@@ -43,6 +43,38 @@ def test_a_prediction_lives_in_its_slot_partition_and_reads_walk_only_slots_that
     window = store.records_between(since=base + datetime.timedelta(minutes=10), until=base + datetime.timedelta(hours=6),
                            limit=10)
     assert [record.id for record in window] == [records[2].id, records[1].id]
+
+
+def test_range_reads_sized_from_the_rollups_return_exactly_the_newest_readings(store, make_record, raw_session,
+                                                                                monkeypatch) -> None:
+    """Dense and sparse slots over three days, read in rounds the per-slot counts size, also when the
+    counts are missing (a slot not recounted yet): always exactly the newest ``limit``, in order."""
+    keyspace = store.settings.cassandra_keyspace
+    base = datetime.datetime(2011, 7, 1, 0, 0, tzinfo=UTC)
+    moments = [base + datetime.timedelta(days=2, hours=23, minutes=50, seconds=second) for second in range(0, 240, 2)]
+    moments += [base + datetime.timedelta(days=day, minutes=15 * slot + 1) for day in range(3) for slot in range(0, 90, 3)]
+    records = [make_record(digit=index % 10, created_at=moment) for index, moment in enumerate(moments)]
+    store.store_many(records)
+    store.flush()
+    expected = sorted(records, key=lambda record: (record.created_at, record.id.int), reverse=True)
+    since, until = base, base + datetime.timedelta(days=3)
+    # Small requests and rounds, so a few hundred readings take several of each.
+    monkeypatch.setattr(repository, "ROWS_PER_RANGE_REQUEST", 25)
+    monkeypatch.setattr(repository, "SLOTS_PER_RANGE_REQUEST", 4)
+    monkeypatch.setattr(repository, "SLOTS_PER_RANGE_ROUND", 16)
+    monkeypatch.setattr(repository, "INDEX_DAYS_PER_READ", 2)
+    for limit in (1, 119, 120, 121, 150, len(records), len(records) + 5):
+        found = store.records_between(since=since, until=until, limit=limit)
+        assert [record.id for record in found] == [record.id for record in expected[:limit]], limit
+    # Without any rollup row every slot counts as one reading: more rounds, the same answer.
+    for day in range(3):
+        raw_session.execute(f"DELETE FROM {keyspace}.digit_counts_by_day WHERE day = %s",
+                            ((base + datetime.timedelta(days=day)).date(),))
+    for limit in (5, 130, len(records)):
+        found = store.records_between(since=since, until=until, limit=limit)
+        assert [record.id for record in found] == [record.id for record in expected[:limit]], limit
+    stored = store.records_between(since=since, until=until, limit=1)[0]
+    assert stored == expected[0], "a record read back equals the one written, field for field"
 
 
 def test_a_slot_at_a_million_readings_a_day_stays_far_below_100_megabytes(make_record) -> None:

@@ -161,6 +161,17 @@ class PredictionRecord:
             object.__setattr__(self, "true_label", _check_digit(self.true_label, "true_label"))
 
     @classmethod
+    def from_storage(cls, **fields: Any) -> PredictionRecord:
+        """A record read back from Cassandra, built without the checks above: every stored row was
+        checked as a record before it was written, and checking again the 5,000 rows of one
+        History read took 0.4 s of its 1.2 s (profiled on the development node, December 2026).
+        Every field must be given, as stored (created_at in UTC, to the millisecond)."""
+        record = object.__new__(cls)
+        for field in dataclasses.fields(cls):
+            object.__setattr__(record, field.name, fields[field.name])
+        return record
+
+    @classmethod
     def new(
         cls,
         *,

@@ -40,8 +40,14 @@ from mnist_core.storage.records import (
 
 # Predictions per request in bulk writes: about 20 KiB, within the batch thresholds we configure.
 BULK_BATCH_RECORDS = 20
-# Slot partitions one range request asks for, at most.
-SLOT_READS_IN_FLIGHT = 32
+# A range read (History's table and CSV) asks for slots in requests of about this many rows
+# (from the rollups' per-slot counts) and at most this many slot partitions, sent together.
+ROWS_PER_RANGE_REQUEST = 1000
+SLOTS_PER_RANGE_REQUEST = 32
+# Slots one round of requests covers at most, and days whose slot index and rollup rows are read
+# at once while looking for them.
+SLOTS_PER_RANGE_ROUND = 1024
+INDEX_DAYS_PER_READ = 8
 # Rows an export reads per page (about 1 kB each, most of it the 28x28 input).
 EXPORT_PAGE_SIZE = 1000
 
@@ -461,35 +467,65 @@ class PredictionRepository:
     def _slots_newest_first(self, since: datetime.datetime, until: datetime.datetime) -> Iterator[datetime.datetime]:
         """The slots holding predictions in [since, until), newest first; each day's index is read
         only when the walk reaches it."""
-        day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
-        first_day = since.astimezone(buckets.UTC).date()
-        while day >= first_day:
+        for day in reversed(buckets.utc_days_between(since, until)):
             yield from self._slots_of_day(day, since, until)
-            day -= datetime.timedelta(days=1)
+
+    def _sized_slots_newest_first(self, since: datetime.datetime,
+                                  until: datetime.datetime) -> Iterator[tuple[datetime.datetime, int]]:
+        """(slot, rows) for the slots holding predictions in [since, until), newest first.
+
+        The index says which slots exist (it is written before their rows, so it is never
+        behind); the rollups say about how many rows each holds (at least 1 is assumed for a
+        slot written since its last recount). Both are read for INDEX_DAYS_PER_READ days at once.
+        """
+        first_slot = buckets.slot_start(since)
+        days = buckets.utc_days_between(since, until)[::-1]
+        for offset in range(0, len(days), INDEX_DAYS_PER_READ):
+            reads = [(self._session.execute_async(self._select_day_slots, (day, first_slot, until)),
+                      self._session.execute_async(self._select_rollup, (day, first_slot, until)))
+                     for day in days[offset:offset + INDEX_DAYS_PER_READ]]
+            for index, rollup in reads:
+                sizes = {row.slot_start: sum(row.counts) for row in rollup.result()}
+                for row in index.result():
+                    yield buckets.from_cassandra_timestamp(row.slot_start), max(1, sizes.get(row.slot_start, 0))
 
     def between(self, *, since: datetime.datetime, until: datetime.datetime, limit: int) -> list[PredictionRecord]:
         """The newest ``limit`` predictions made in [since, until), newest first.
 
         Walks the slots that exist (each UTC day's index, from until's day back to since's), each
         read bounded on its clustering column, so a past range costs the same as today's however
-        much came after, and an empty day costs one small read. Slots are read in windows that
-        double (1, 2, 4, ... 32 slots, one IN request each) while they come back short: a busy
-        slot answers alone, and sparse readings spread over many slots cost a few requests, not
-        one per slot.
+        much came after, and an empty day costs one small read. The rollups' per-slot counts pick
+        how many of the newest slots hold ``limit`` rows; those are asked for in requests of about
+        ROWS_PER_RANGE_REQUEST rows, all sent at once: a busy day's newest slots answer in a few
+        requests, and sparse readings spread over many slots in a few more, not one per slot.
+        Counts that lag behind (a slot still being written) only mean another round.
         """
         records: list[PredictionRecord] = []
-        slots = self._slots_newest_first(since, until)
-        window = 1
+        slots = self._sized_slots_newest_first(since, until)
         while len(records) < limit:
-            chosen = list(itertools.islice(slots, window))
-            if not chosen:
+            wanted = limit - len(records)
+            requests: list[list[datetime.datetime]] = []
+            request: list[datetime.datetime] = []
+            request_rows = round_rows = round_slots = 0
+            for slot, rows in slots:
+                request.append(slot)
+                request_rows += rows
+                round_rows += rows
+                round_slots += 1
+                if len(request) == SLOTS_PER_RANGE_REQUEST or request_rows >= ROWS_PER_RANGE_REQUEST:
+                    requests.append(request)
+                    request, request_rows = [], 0
+                if round_rows >= wanted or round_slots >= SLOTS_PER_RANGE_ROUND:
+                    break
+            if request:
+                requests.append(request)
+            if not requests:
                 break
-            # One request for the window (the per-request cost dominates a Python client); rows
-            # of several partitions come back in token order, so the window is sorted here.
-            rows = self._session.execute(self._select_between_slots, (chosen, since, until, limit - len(records)))
-            records.extend(sorted((_record_from_row(row) for row in rows),
-                                  key=lambda record: (record.created_at, record.id.int), reverse=True))
-            window = min(2 * window, SLOT_READS_IN_FLIGHT)
+            # Rows of several partitions come back in token order, so the round is sorted here.
+            futures = [self._session.execute_async(self._select_between_slots, (chosen, since, until, wanted))
+                       for chosen in requests]
+            found = [_record_from_row(row) for future in futures for row in future.result()]
+            records.extend(sorted(found, key=lambda record: (record.created_at, record.id.int), reverse=True))
         return records[:limit]
 
     def rows_for_export(self, *, since: datetime.datetime, until: datetime.datetime,
@@ -589,7 +625,7 @@ def _local_hour(local: datetime.datetime) -> datetime.datetime:
 
 
 def _record_from_row(row) -> PredictionRecord:
-    return PredictionRecord(
+    return PredictionRecord.from_storage(
         id=row.id,
         created_at=buckets.from_cassandra_timestamp(row.created_at),
         digit=row.digit,
