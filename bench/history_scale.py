@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from bench.storage import make_images, make_record, plain_cluster, run_script
+from bench.storage import local_node, make_images, make_record, plain_cluster
 from mnist_core import readings
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore
@@ -119,16 +119,12 @@ def main() -> int:
     if not 0 < arguments.small < arguments.large:
         parser.error("--small must be positive and below --large")
     logging.basicConfig(level=logging.ERROR)
-    generator = random.Random(20261204)
+    with local_node():
+        return run(arguments)
 
-    started_node = False
-    if run_script("status").returncode != 0:
-        print("starting the local Cassandra node...", flush=True)
-        result = run_script("start")
-        if result.returncode != 0:
-            print(result.stdout, result.stderr, file=sys.stderr)
-            return 1
-        started_node = True
+
+def run(arguments: argparse.Namespace) -> int:
+    generator = random.Random(20261204)
     cleanup = plain_cluster()
     cleanup.connect().execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
     cleanup.shutdown()
@@ -162,8 +158,6 @@ def main() -> int:
             cleanup = plain_cluster()
             cleanup.connect().execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=300)
             cleanup.shutdown()
-        if started_node:
-            run_script("stop")
     output = {
         "small_predictions": arguments.small,
         "large_predictions": arguments.large,

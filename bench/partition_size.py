@@ -20,7 +20,7 @@ import re
 import subprocess
 import tempfile
 
-from bench.storage import CASSANDRA_SCRIPT, make_images, make_record, run_script
+from bench.storage import CASSANDRA_SCRIPT, local_node, make_images, make_record
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore
 from tests.conftest import drop_keyspace
@@ -40,10 +40,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=1_000_000, help="readings a day to simulate")
     arguments = parser.parse_args()
+    with local_node():
+        return run(arguments)
+
+
+def run(arguments: argparse.Namespace) -> int:
     rows = round(arguments.rate / 96)
-    started_node = run_script("status").returncode != 0
-    if started_node and run_script("start").returncode != 0:
-        raise SystemExit("scripts/cassandra start failed")
     try:
         with tempfile.TemporaryDirectory() as data_directory:
             settings = settings_from_mapping({"MNIST_CASSANDRA_KEYSPACE": KEYSPACE, "MNIST_DATA_DIR": data_directory})
@@ -74,8 +76,6 @@ def main() -> int:
                    "within_100_mb": partition_bytes <= LIMIT_BYTES, "within_100k_rows": rows <= LIMIT_ROWS}
     finally:
         drop_keyspace(KEYSPACE)
-        if started_node:
-            run_script("stop")
     print(json.dumps(figures))
     return 0
 

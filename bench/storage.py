@@ -21,6 +21,7 @@ meanwhile, then checks that every entry landed exactly once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import pandas
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -233,6 +235,23 @@ def run_script(command: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(CASSANDRA_SCRIPT), command], capture_output=True, text=True, timeout=900)
 
 
+@contextlib.contextmanager
+def local_node() -> Iterator[None]:
+    """The local node for a benchmark: started with scripts/cassandra when it is not answering, and
+    then stopped again at the end (a node someone else started is left running)."""
+    started = run_script("status").returncode != 0
+    if started:
+        print("starting the local Cassandra node...", flush=True)
+        result = run_script("start")
+        if result.returncode != 0:
+            raise SystemExit(f"scripts/cassandra start failed:\n{result.stdout}{result.stderr}")
+    try:
+        yield
+    finally:
+        if started:
+            run_script("stop")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predictions", type=int, default=1_000_000)
@@ -243,17 +262,12 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the benchmark keyspace afterwards")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    with local_node():
+        return run(arguments)
+
+
+def run(arguments: argparse.Namespace) -> int:
     generator = random.Random(20240601)
-
-    started_node = False
-    if run_script("status").returncode != 0:
-        print("starting the local Cassandra node...", flush=True)
-        result = run_script("start")
-        if result.returncode != 0:
-            print(result.stdout, result.stderr, file=sys.stderr)
-            return 1
-        started_node = True
-
     setup = plain_cluster()
     setup_session = setup.connect()
     version = setup_session.execute("SELECT release_version FROM system.local").one().release_version
@@ -371,8 +385,6 @@ def main() -> int:
             cleanup = plain_cluster()
             cleanup.connect().execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=300)
             cleanup.shutdown()
-        if started_node:
-            run_script("stop")
     print(json.dumps(figures))
     return 0
 

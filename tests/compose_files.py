@@ -16,6 +16,7 @@ import yaml
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPOSITORY_ROOT / "compose.yaml"
 CLUSTER_COMPOSE_FILE = REPOSITORY_ROOT / "compose.cluster.yaml"
+REPLICAS_COMPOSE_FILE = REPOSITORY_ROOT / "compose.replicas.yaml"
 # What an operator may set for compose (passwords are secret files, not variables).
 OPERATOR_ENVIRONMENT = {"CASSANDRA_KEYSPACE": "mnist"}
 
@@ -44,6 +45,11 @@ def single_node_project() -> dict:
 
 def cluster_project() -> dict:
     return merge_compose(load_yaml(COMPOSE_FILE), load_yaml(CLUSTER_COMPOSE_FILE))
+
+
+def replicas_project() -> dict:
+    """The three files together: the ring, two app replicas and the balancer."""
+    return merge_compose(cluster_project(), load_yaml(REPLICAS_COMPOSE_FILE))
 
 
 VARIABLE_REFERENCE = re.compile(

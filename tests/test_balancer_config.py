@@ -11,14 +11,9 @@ import subprocess
 import pytest
 
 from tests.balancer import NGINX, REPLICA_LINE, SHIPPED_CONFIG, local_config
-from tests.compose_files import REPOSITORY_ROOT, cluster_project, load_yaml, merge_compose
+from tests.compose_files import replicas_project
 
-REPLICAS_COMPOSE_FILE = REPOSITORY_ROOT / "compose.replicas.yaml"
 APP_IMAGE = "mnist-digits:latest"
-
-
-def replicas_project() -> dict:
-    return merge_compose(cluster_project(), load_yaml(REPLICAS_COMPOSE_FILE))
 
 
 def app_replicas(project: dict) -> dict[str, dict]:

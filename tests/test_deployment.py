@@ -33,8 +33,8 @@ import pytest
 import yaml
 
 from mnist_core.settings import Replication, settings_from_mapping
-from tests.compose_files import (CLUSTER_COMPOSE_FILE, COMPOSE_FILE, OPERATOR_ENVIRONMENT, cluster_project,
-                                 environment_of, interpolate, interpolate_all, load_yaml, referenced_variables,
+from tests.compose_files import (CLUSTER_COMPOSE_FILE, COMPOSE_FILE, OPERATOR_ENVIRONMENT, REPLICAS_COMPOSE_FILE,
+                                 cluster_project, environment_of, interpolate, interpolate_all, load_yaml, referenced_variables,
                                  single_node_project)
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -859,7 +859,8 @@ def test_the_schema_job_applies_the_schema_as_the_administrator_and_grants_the_a
 
 def test_every_variable_the_compose_files_read_is_in_the_environment_example() -> None:
     example = ENVIRONMENT_EXAMPLE.read_text(encoding="utf-8")
-    for variable in referenced_variables(COMPOSE_FILE) | referenced_variables(CLUSTER_COMPOSE_FILE):
+    for variable in (referenced_variables(COMPOSE_FILE) | referenced_variables(CLUSTER_COMPOSE_FILE)
+                     | referenced_variables(REPLICAS_COMPOSE_FILE)):
         assert re.search(rf"^#? ?{variable}=", example, re.MULTILINE), f".env.example does not mention {variable}."
     for line in example.splitlines():
         name, equals, value = line.partition("=")

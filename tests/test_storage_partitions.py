@@ -88,8 +88,9 @@ def test_a_slot_at_a_million_readings_a_day_stays_far_below_100_megabytes(make_r
 
 
 def test_retention_keeps_rows_as_long_as_their_prediction_allows_and_the_rollups_longer(settings_for, make_record,
-                                                                                       raw_session) -> None:
-    from mnist_core.storage import PredictionStore
+                                                                                       raw_session, monkeypatch) -> None:
+    from mnist_core.storage import PredictionStore, retention
+
 
     settings = settings_for(MNIST_RETENTION_DAYS="1")
     assert settings.retention_days == 1
@@ -98,8 +99,12 @@ def test_retention_keeps_rows_as_long_as_their_prediction_allows_and_the_rollups
     try:
         keyspace = settings.cassandra_keyspace
         now = datetime.datetime.now(UTC)
-        # Made almost a day ago: 4 more seconds to live. Made two days ago: past the retention.
-        expiring = make_record(digit=2, created_at=now - datetime.timedelta(days=1) + datetime.timedelta(seconds=4))
+        # Made almost a day ago: 8 more seconds to live. Made two days ago: past the retention.
+        expiring = make_record(digit=2, created_at=now - datetime.timedelta(days=1) + datetime.timedelta(seconds=8))
+        # The recount guard 3 s before this reading expires instead of an hour before its slot's
+        # first row may, so the reading is counted first and then expires.
+        monkeypatch.setattr(retention, "RECOUNT_MARGIN",
+                            slot_of(expiring.created_at) - expiring.created_at + datetime.timedelta(seconds=3))
         too_old = make_record(digit=3, created_at=now - datetime.timedelta(days=2))
         fresh = make_record(digit=4, created_at=now)
         store.store_many([expiring, too_old, fresh])
@@ -115,11 +120,13 @@ def test_retention_keeps_rows_as_long_as_their_prediction_allows_and_the_rollups
                                                       until=now + datetime.timedelta(seconds=1), limit=10)}
         assert seen == {expiring.id, fresh.id}
         counted_before = store.history_counts(start=start, end=end).totals_per_digit
-        time.sleep(6)
+        assert counted_before[2] == 1, "counted while its rows were all there"
+        time.sleep(max(0.0, (expiring.created_at + datetime.timedelta(days=1, seconds=2)
+                             - datetime.datetime.now(UTC)).total_seconds()))
         seen = {record.id for record in store.records_between(since=now - datetime.timedelta(days=3),
                                                       until=now + datetime.timedelta(seconds=1), limit=10)}
         assert seen == {fresh.id}
-        # A recount of the expired slot is refused, so its rollup keeps counting the reading.
+        # Its rows are gone from reads; a recount of the expired slot is refused, so History still counts it.
         store.store_many([make_record(digit=2, created_at=expiring.created_at + datetime.timedelta(microseconds=5))])
         store.flush()
         assert store.history_counts(start=start, end=end).totals_per_digit == counted_before
