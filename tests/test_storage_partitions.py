@@ -131,6 +131,13 @@ def test_retention_keeps_rows_as_long_as_their_prediction_allows_and_the_rollups
         store.flush()
         assert store.history_counts(start=start, end=end).totals_per_digit == counted_before
         assert counted_before[4] == 1 and counted_before[3] == 0
+        # A correction queued for a prediction past the retention is done with at once, not retried
+        # into the dead letters: its rows are gone for good.
+        store.record_correction(too_old.id, 5)
+        store.flush(timeout_seconds=5)
+        assert (store.status().pending, store.status().dead_letters) == (0, 0)
+        assert raw_session.execute(f"SELECT prediction_id FROM {keyspace}.corrections_by_slot WHERE slot_start = %s",
+                                   (slot_of(too_old.created_at),)).one() is None
         # The rollups carry no TTL: History's counts of a period outlive its rows.
         rollup_ttls = {row.ttl for row in raw_session.execute(
             f"SELECT TTL(counts) AS ttl FROM {keyspace}.digit_counts_by_day WHERE day = %s", (fresh.created_at.date(),))}

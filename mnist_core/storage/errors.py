@@ -21,3 +21,8 @@ class SchemaMigrationError(StorageError):
 
 class PredictionNotFound(LookupError):
     """A correction named a prediction id that Cassandra does not hold."""
+
+
+class PredictionExpired(PredictionNotFound):
+    """A correction named a prediction past MNIST_RETENTION_DAYS: its rows are gone for good, so
+    unlike a prediction not visible yet, waiting cannot help."""

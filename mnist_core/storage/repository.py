@@ -24,7 +24,7 @@ from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStat
 
 from mnist_core.settings import KEYSPACE_NAME_PATTERN
 from mnist_core.storage import buckets, migrations, retention
-from mnist_core.storage.errors import PredictionNotFound
+from mnist_core.storage.errors import PredictionExpired, PredictionNotFound
 from mnist_core.storage.records import (
     CONFIDENCE_BINS,
     DIGIT_COUNT,
@@ -562,8 +562,10 @@ class PredictionRepository:
         created_at = _milliseconds(uuid_time(prediction_id))
         slot = buckets.slot_start(created_at)
         time_to_live = self._retention.time_to_live(created_at)
-        key = None if time_to_live is None else self._session.execute(
-            self._select_prediction_key, (slot, created_at, prediction_id)).one()
+        if time_to_live is None:
+            raise PredictionExpired(f"Prediction {prediction_id} is older than the retention of "
+                                    f"{self._retention.days} days; its rows are gone.")
+        key = self._session.execute(self._select_prediction_key, (slot, created_at, prediction_id)).one()
         if key is None:
             raise PredictionNotFound(f"No stored prediction has the id {prediction_id}.")
         written_at = int(buckets.as_utc(corrected_at).timestamp() * 1_000_000)

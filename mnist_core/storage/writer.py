@@ -33,7 +33,7 @@ from cassandra.policies import HostStateListener
 
 from mnist_core.settings import Settings
 from mnist_core.storage import buckets, outbox
-from mnist_core.storage.errors import PredictionNotFound
+from mnist_core.storage.errors import PredictionExpired, PredictionNotFound
 from mnist_core.storage.records import PredictionRecord, uuid_time
 from mnist_core.storage.repository import PredictionRepository
 
@@ -281,6 +281,11 @@ class OutboxWriter:
         for entry, prediction_id, true_label, corrected_at in corrections:
             try:
                 repository.write_correction(prediction_id, true_label, corrected_at=corrected_at)
+            except PredictionExpired as error:
+                # Gone for good (past MNIST_RETENTION_DAYS): no retry can apply it, so it is done.
+                logger.warning("Correction dropped from outbox entry %d: %s", entry.sequence, error)
+                written.append(entry)
+                continue
             except PredictionNotFound:
                 # Not visible yet (a lagging replica, a node that lost its tail): retried, not dropped.
                 self._defer(entry, f"prediction {prediction_id} is not visible in Cassandra yet")
