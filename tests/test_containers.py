@@ -26,7 +26,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from tests.compose_files import OPERATOR_ENVIRONMENT, cluster_project, interpolate_all, single_node_project
+from tests.deployment.compose_files import OPERATOR_ENVIRONMENT, cluster_project, interpolate_all, single_node_project
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPOSITORY / "scripts" / "containers"
@@ -193,8 +193,9 @@ def _with_build_context_spelled_out(project: dict) -> dict:
                          ids=["single", "cluster"])
 def test_the_deployment_tests_read_the_compose_files_as_podman_compose_does(prepared, command,
                                                                              project_loader):
-    """tests/test_deployment.py merges and interpolates the compose files itself, so its checks
-    run in seconds without an engine; they are worth only as much as that reading is right."""
+    """The tests in tests/deployment/ merge and interpolate the compose files themselves, so
+    their checks run in seconds without an engine; they are worth only as much as that
+    reading is right."""
     # Only what an operator sets: nothing else from this shell may fill in a variable.
     environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
                    "CONTAINERS_CONF": str(CONTAINERS_HOME / "containers.conf"), **OPERATOR_ENVIRONMENT}

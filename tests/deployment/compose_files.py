@@ -2,7 +2,7 @@
 and its variable syntax, written out here so most checks need no container engine.
 
 `tests/test_containers.py` checks that this reading agrees with what podman-compose itself
-makes of both projects, so the static tests in `tests/test_deployment.py` rest on the real tool.
+makes of both projects, so the static tests in `tests/deployment/` rest on the real tool.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import yaml
 
-REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPOSITORY_ROOT / "compose.yaml"
 CLUSTER_COMPOSE_FILE = REPOSITORY_ROOT / "compose.cluster.yaml"
 REPLICAS_COMPOSE_FILE = REPOSITORY_ROOT / "compose.replicas.yaml"

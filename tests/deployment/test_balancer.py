@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.balancer import NGINX, REPLICA_LINE, SHIPPED_CONFIG, local_config
-from tests.compose_files import replicas_project
+from tests.deployment.compose_files import replicas_project
 
 APP_IMAGE = "mnist-digits:latest"
 
