@@ -246,10 +246,10 @@ def test_a_thousand_predictions_at_quorum_survive_a_stopped_node(three_nodes, tm
 REPLICA_NAMES = ("app", "app-2")  # compose's service names, as deploy/nginx.conf lists them
 DOOMED = "app"
 REPLICAS_KEYSPACE = "replicas_test"
-SESSIONS_PER_REPLICA = 2
+SESSIONS_PER_REPLICA = 3
 PREDICTIONS_BEFORE_KILL = 2  # each session's, before the kill
-PREDICTIONS_AFTER_KILL = 2  # each session's after it (the dead replica's sessions through the survivor)
-API_REQUESTS_PER_SECOND = 2.0
+PREDICTIONS_AFTER_KILL = 4  # each session's after it (the dead replica's sessions through the survivor)
+API_REQUESTS_PER_SECOND = 3.0
 ANSWER_TIMEOUT_SECONDS = 30
 RECONNECT_TIMEOUT_SECONDS = 45
 # A Predict answer cut by the kill may be retried by the page once it is back; a session that
