@@ -10,7 +10,7 @@ first stroke for up to ``STROKE_WAIT_SECONDS``.
 
 "Predict as I draw" reads each new picture as it arrives and stores nothing: the drawing's
 reading is stored once, when the person presses Predict or moves on with Clear.
-Everything else is ``mnist_core.readings``.
+Everything else is ``mnist_core.readings`` (and the answer's wording ``mnist_core.answer_wording``).
 """
 
 import hashlib
@@ -22,7 +22,7 @@ import streamlit_drawable_canvas
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import charts, resources
-from mnist_core import feedback, readings, settings, storage
+from mnist_core import answer_wording, feedback, readings, settings, storage
 from mnist_core.preprocess import ImageDecodeError
 from mnist_core.strokes import strokes_from_canvas_json
 
@@ -271,8 +271,8 @@ def feedback_ui(result: readings.StoredReading) -> None:
 def result_ui(result: readings.StoredReading, *, threshold: float) -> None:
     """The answer: metric, not-sure state, probabilities and the 28x28 input(s)."""
     reading = result.reading
-    st.metric("Prediction", readings.answer_text(reading), border=True)
-    if readings.is_unsure(reading, threshold):
+    st.metric("Prediction", answer_wording.answer_text(reading), border=True)
+    if answer_wording.is_unsure(reading, threshold):
         st.warning(
             f"Not sure: the model is below {threshold:.0%} confident. Try drawing the digit larger and centred.",
             icon=":material/help:",

@@ -1,6 +1,6 @@
 """History page: what has been read, when, how sure the model was, and how often it was right.
 
-One cached call to ``mnist_core.readings.history_summary`` per (keyspace, range, zone) feeds
+One cached call to ``mnist_core.history_figures.history_summary`` per (keyspace, range, zone) feeds
 every figure, chart, the table and the CSV; Refresh drops the cache.
 """
 
@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, resources
-from mnist_core import dataset_export, readings, settings, storage
+from mnist_core import dataset_export, history_figures, settings, storage
 
 CACHE_SECONDS = 30
 DEFAULT_DAYS = 7
@@ -19,9 +19,10 @@ COMMON_TIMEZONES = ["UTC", "Europe/London", "Europe/Paris", "America/New_York", 
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Reading the history from Cassandra...")
-def load_summary(*, keyspace: str, start: datetime.date, end: datetime.date, timezone: str) -> readings.HistorySummary:
+def load_summary(*, keyspace: str, start: datetime.date, end: datetime.date,
+                 timezone: str) -> history_figures.HistorySummary:
     """The History figures for a range; the keyspace is part of the cache key so tests never share entries."""
-    return readings.history_summary(resources.store_resource(), start=start, end=end, timezone=timezone)
+    return history_figures.history_summary(resources.store_resource(), start=start, end=end, timezone=timezone)
 
 
 def timezone_choices(default: str) -> list[str]:
@@ -34,7 +35,7 @@ def controls_ui(default_timezone: str) -> tuple[datetime.date, datetime.date, st
     """Range, zone and granularity; None while the user has picked only the first date of the range."""
     range_column, zone_column, granularity_column, refresh_column = st.columns([3, 2, 2, 1.4], vertical_alignment="bottom")
     timezone = zone_column.selectbox("Time zone", timezone_choices(default_timezone), key="history_timezone")
-    today = readings.local_today(timezone)
+    today = history_figures.local_today(timezone)
     picked = range_column.date_input(
         "Dates", value=(today - datetime.timedelta(days=DEFAULT_DAYS - 1), today), max_value=today, key="history_range"
     )
@@ -48,7 +49,7 @@ def controls_ui(default_timezone: str) -> tuple[datetime.date, datetime.date, st
     return picked[0], picked[1], timezone, granularity
 
 
-def figures_ui(summary: readings.HistorySummary) -> None:
+def figures_ui(summary: history_figures.HistorySummary) -> None:
     total, today, confidence, accuracy = st.columns(4)
     total.metric("Predictions", f"{summary.total:,}", border=True)
     today.metric("Today", f"{summary.today_count:,}", border=True)
@@ -63,7 +64,7 @@ def figures_ui(summary: readings.HistorySummary) -> None:
     )
 
 
-def charts_ui(summary: readings.HistorySummary, granularity: str) -> None:
+def charts_ui(summary: history_figures.HistorySummary, granularity: str) -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Counts per digit")
@@ -92,7 +93,7 @@ def charts_ui(summary: readings.HistorySummary, granularity: str) -> None:
             st.caption("No feedback yet: answer “Was this right?” on the Draw page to fill this in.")
 
 
-def versions_ui(summary: readings.HistorySummary) -> None:
+def versions_ui(summary: history_figures.HistorySummary) -> None:
     """Accuracy from feedback per model version, side by side: is the new model better on these users?"""
     if not summary.accuracy_by_version:
         return
@@ -105,9 +106,9 @@ def versions_ui(summary: readings.HistorySummary) -> None:
                      "Accuracy", min_value=0.0, max_value=1.0, format="percent")})
 
 
-def table_ui(summary: readings.HistorySummary) -> None:
+def table_ui(summary: history_figures.HistorySummary) -> None:
     st.subheader("Latest predictions")
-    rows = readings.record_rows(summary.records, timezone=summary.timezone)
+    rows = history_figures.record_rows(summary.records, timezone=summary.timezone)
     frame = pd.DataFrame(rows)
     if frame.empty:
         st.caption("No single predictions to list in this range.")
@@ -138,7 +139,7 @@ def table_ui(summary: readings.HistorySummary) -> None:
                    "narrow the range for the rest.")
 
 
-def data_set_ui(summary: readings.HistorySummary) -> None:
+def data_set_ui(summary: history_figures.HistorySummary) -> None:
     """The range's corrected readings as a labelled data set (npz: the exact 28x28 inputs and labels)."""
     if summary.accuracy is None or not summary.accuracy.corrections:
         return

@@ -8,7 +8,7 @@ Loading three million predictions through the app's write path takes about a qua
 on two cores.
 
 "The History computation" is everything the History page computes before it draws, for its
-default range (the last 30 days and today): ``readings.history_summary`` (per-digit counts per
+default range (the last 30 days and today): ``history_figures.history_summary`` (per-digit counts per
 hour and day, today's count, mean confidence and the confidence histogram from the slot
 rollups; accuracy, confusion and per-version accuracy from the correction rollups; the newest
 5,000 readings for the table and CSV) and the table's rows. ``/api/stats`` is timed beside it.
@@ -33,7 +33,7 @@ import tempfile
 import time
 
 from bench.storage import local_node, make_images, make_record, plain_cluster
-from mnist_core import readings
+from mnist_core import history_figures
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore
 
@@ -89,11 +89,11 @@ def timed(function, runs: int = RUNS) -> tuple[float, object]:
 
 def measure(store: PredictionStore, *, start: datetime.date, end: datetime.date) -> dict:
     def history():
-        summary = readings.history_summary(store, start=start, end=end, timezone="UTC")
-        return summary, readings.record_rows(summary.records, timezone="UTC")
+        summary = history_figures.history_summary(store, start=start, end=end, timezone="UTC")
+        return summary, history_figures.record_rows(summary.records, timezone="UTC")
 
     history_ms, (summary, rows) = timed(history)
-    stats_ms, stats = timed(lambda: readings.digit_counts(store, start=start, end=end, timezone="UTC"))
+    stats_ms, stats = timed(lambda: history_figures.digit_counts(store, start=start, end=end, timezone="UTC"))
     return {"history_ms": history_ms, "stats_ms": stats_ms, "summary": summary, "rows": rows, "stats": stats}
 
 
@@ -106,7 +106,7 @@ def check(figures: dict, *, digit_totals: list[int], corrections: int) -> None:
         raise SystemExit(f"MISMATCH: /api/stats total {figures['stats']['total']}, written {sum(digit_totals)}")
     if summary.accuracy.corrections != corrections:
         raise SystemExit(f"MISMATCH: {summary.accuracy.corrections} corrections counted, {corrections} written")
-    if len(summary.records) != readings.DEFAULT_RECORD_LIMIT or len(figures["rows"]) != len(summary.records):
+    if len(summary.records) != history_figures.DEFAULT_RECORD_LIMIT or len(figures["rows"]) != len(summary.records):
         raise SystemExit(f"MISMATCH: the table holds {len(summary.records)} readings")
 
 

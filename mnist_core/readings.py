@@ -1,25 +1,20 @@
-"""One path from a picture to a stored prediction, and the figures the History page and the API show.
+"""One path from a picture to a stored prediction.
 
 The Draw page, the upload box and the REST API all call :func:`predict_and_store`, so every
-input goes through the same preprocessing, the same model and the same record. The summary
-helpers turn storage answers into the numbers the dashboard and ``/api/stats`` report; they
-hold no Streamlit code, so they are tested without a browser.
+input goes through the same preprocessing, the same model and the same record; the upload
+limits live here because every way in refuses the same pictures. What the History page and
+``/api/stats`` show from the stored predictions is :mod:`mnist_core.history_figures`; how the
+Draw page words an answer is :mod:`mnist_core.answer_wording`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import typing
 
 from mnist_core.inference import Reading, Recognizer
-from mnist_core.storage import buckets
-from mnist_core.storage import AccuracyReport, HistoryCounts, PredictionRecord, PredictionStore, StoreOutcome
+from mnist_core.storage import PredictionRecord, PredictionStore, StoreOutcome
 from mnist_core.storage.records import SOURCES
 
-# The History page lists at most this many predictions of its range (table, CSV); every figure
-# (counts, mean confidence, confidence histogram, accuracy) comes from rollups of the whole range.
-DEFAULT_RECORD_LIMIT = 5000
 # Uploads and API bodies above this size are refused before decoding (matches server.maxUploadSize = 2 MB).
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 ACCEPTED_IMAGE_TYPES = ("png", "jpg", "jpeg")
@@ -74,142 +69,3 @@ def record_for_reading(reading: Reading, *, source: str, model_version: str) -> 
         latency_ms=reading.latency_ms,
         number=reading.number,
     )
-
-
-def answer_text(reading: Reading) -> str:
-    """What the "Prediction" metric shows: the digit or the whole number first, then how sure the model is."""
-    if not reading.has_digits:
-        raise ValueError("A reading without digits has no answer to show.")
-    return f"{reading.number or reading.digit} ({reading.overall_confidence:.0%} sure)"
-
-
-def is_unsure(reading: Reading, threshold: float) -> bool:
-    """True when the model's confidence in the whole answer is below the threshold (the "not sure" state)."""
-    return reading.has_digits and reading.overall_confidence < threshold
-
-
-# History figures --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class HistorySummary:
-    """Everything the History page shows for a date range, in one object that can be cached."""
-
-    start: datetime.date
-    end: datetime.date
-    timezone: str
-    counts: HistoryCounts
-    today_count: int
-    accuracy: AccuracyReport
-    records: tuple[PredictionRecord, ...]
-    records_truncated: bool
-    # (model version, corrections, correct), most corrected first: which model reads these users better.
-    accuracy_by_version: tuple[tuple[str, int, int], ...] = ()
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.totals_per_digit)
-
-    @property
-    def mean_confidence(self) -> float | None:
-        """Mean confidence over every prediction of the range (from the rollups); None when there is none."""
-        return self.counts.mean_confidence
-
-    @property
-    def is_empty(self) -> bool:
-        return self.total == 0 and not self.records
-
-
-def local_today(timezone: str) -> datetime.date:
-    return datetime.datetime.now(buckets.zone(timezone)).date()
-
-
-def records_in_range(
-    store: PredictionStore,
-    *,
-    start: datetime.date,
-    end: datetime.date,
-    timezone: str,
-    limit: int = DEFAULT_RECORD_LIMIT,
-) -> tuple[list[PredictionRecord], bool]:
-    """Predictions made on local days start..end (newest first), at most ``limit``; and whether more exist.
-
-    Read from the range itself (its first local midnight to the one after its last day), so a
-    past range shows its own predictions however many were made since.
-    """
-    if end < start:
-        raise ValueError(f"The range ends ({end}) before it starts ({start}).")
-    zone = buckets.zone(timezone)
-    since = datetime.datetime.combine(start, datetime.time.min, tzinfo=zone)
-    until = datetime.datetime.combine(end + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
-    # Read one more than asked so a full page tells us there is more.
-    fetched = store.records_between(since=since, until=until, limit=limit + 1)
-    return fetched[:limit], len(fetched) > limit
-
-
-def history_summary(
-    store: PredictionStore,
-    *,
-    start: datetime.date,
-    end: datetime.date,
-    timezone: str,
-    record_limit: int = DEFAULT_RECORD_LIMIT,
-) -> HistorySummary:
-    """Counts, today's count, accuracy from feedback and the recent predictions for a local date range.
-
-    Raises StorageUnavailable when Cassandra cannot answer, ValueError for a bad range or zone.
-    """
-    counts = store.history_counts(start=start, end=end, timezone=timezone)
-    today = local_today(timezone)
-    if start <= today <= end:
-        today_count = sum(period.total for period in counts.daily if period.start.date() == today)
-    else:
-        today_count = sum(store.history_counts(start=today, end=today, timezone=timezone).totals_per_digit)
-    accuracy = store.accuracy(start=start, end=end, timezone=timezone)
-    by_version = store.accuracy_by_version(start=start, end=end, timezone=timezone)
-    records, truncated = records_in_range(store, start=start, end=end, timezone=timezone, limit=record_limit)
-    return HistorySummary(
-        start=start,
-        end=end,
-        timezone=timezone,
-        counts=counts,
-        today_count=today_count,
-        accuracy=accuracy,
-        records=tuple(records),
-        records_truncated=truncated,
-        accuracy_by_version=tuple(sorted(((version, corrections, correct)
-                                          for version, (corrections, correct) in by_version.items()),
-                                         key=lambda item: (-item[1], item[0]))),
-    )
-
-
-def digit_counts(store: PredictionStore, *, start: datetime.date, end: datetime.date, timezone: str) -> dict:
-    """Counts per digit for ``/api/stats``: a JSON-ready dict."""
-    counts = store.history_counts(start=start, end=end, timezone=timezone)
-    totals = counts.totals_per_digit
-    return {
-        "from": start.isoformat(),
-        "to": end.isoformat(),
-        "timezone": counts.timezone,
-        "total": sum(totals),
-        "counts": {str(digit): count for digit, count in enumerate(totals)},
-    }
-
-
-def record_rows(records: typing.Iterable[PredictionRecord], *, timezone: str) -> list[dict]:
-    """Table and CSV rows for predictions, times in the display zone (no image bytes)."""
-    zone = buckets.zone(timezone)
-    return [
-        {
-            "time": record.created_at.astimezone(zone).replace(tzinfo=None),
-            "id": str(record.id),
-            "digit": record.digit,
-            "number": record.number,
-            "confidence": round(record.confidence, 4),
-            "true_label": record.true_label,
-            "source": record.source,
-            "model_version": record.model_version,
-            "latency_ms": round(record.latency_ms, 2),
-        }
-        for record in records
-    ]

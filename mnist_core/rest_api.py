@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mnist_core import feedback, idempotency, readings, settings
+from mnist_core import feedback, history_figures, idempotency, readings, settings
 from mnist_core.inference import Recognizer
 from mnist_core.preprocess import ImageDecodeError
 from mnist_core.storage import PredictionStore, StorageError
@@ -341,7 +341,7 @@ def create_routes(
             _require_api_key(request, expected_api_key())
             timezone = request.query_params.get("tz") or default_timezone or settings.get_settings().display_timezone
             try:
-                today = readings.local_today(timezone)
+                today = history_figures.local_today(timezone)
             except ValueError as error:
                 raise RequestProblem(400, str(error)) from None
             end = _parse_date(request.query_params.get("to"), name="to", default=today)
@@ -352,7 +352,8 @@ def create_routes(
                 raise RequestProblem(400, f"to={end} is before from={start}.")
             if (end - start).days >= MAX_STATS_DAYS:
                 raise RequestProblem(400, f"The range may cover at most {MAX_STATS_DAYS} days.")
-            body = await run_in_threadpool(readings.digit_counts, get_store(), start=start, end=end, timezone=timezone)
+            body = await run_in_threadpool(history_figures.digit_counts, get_store(),
+                                           start=start, end=end, timezone=timezone)
         except RequestProblem as problem:
             return _problem_response(problem)
         except StorageError as error:

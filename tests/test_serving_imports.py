@@ -20,7 +20,8 @@ spec.loader.exec_module(home)  # what `streamlit run Home.py` imports to build t
 # What the pages import (they are scripts Streamlit runs, so their imports are listed here;
 # the canvas component registers itself only inside a running server).
 from dashboard import charts, resources  # noqa: F401
-from mnist_core import __main__ as command_line, readings, rest_api, settings, storage, strokes  # noqa: F401
+from mnist_core import __main__ as command_line, answer_wording, history_figures, readings, rest_api  # noqa: F401
+from mnist_core import settings, storage, strokes  # noqa: F401
 
 recognizer = resources.inference.load_recognizer()
 canvas = np.zeros((280, 280, 4), np.uint8)
