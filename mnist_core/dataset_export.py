@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from mnist_core import time_zones
 from mnist_core.storage import buckets
 
 FORMATS = ("npz", "csv", "png-zip")
@@ -87,7 +88,7 @@ def format_for(output: pathlib.Path, requested: str | None) -> str:
 def utc_range(start: datetime.date, end: datetime.date, timezone: str) -> tuple[datetime.datetime, datetime.datetime]:
     """The UTC instants covering local days start..end in the zone (ExportError with a sentence if not)."""
     try:
-        return buckets.local_dates_to_utc_range(start, end, buckets.zone(timezone))
+        return buckets.local_dates_to_utc_range(start, end, time_zones.zone(timezone))
     except ValueError as error:
         raise ExportError(str(error)) from None
 

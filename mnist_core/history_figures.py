@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 import typing
 
-from mnist_core.storage import buckets
+from mnist_core import time_zones
 from mnist_core.storage import AccuracyReport, HistoryCounts, PredictionRecord, PredictionStore
 
 # The History page lists at most this many predictions of its range (table, CSV); every figure
@@ -49,7 +49,7 @@ class HistorySummary:
 
 
 def local_today(timezone: str) -> datetime.date:
-    return datetime.datetime.now(buckets.zone(timezone)).date()
+    return datetime.datetime.now(time_zones.zone(timezone)).date()
 
 
 def records_in_range(
@@ -67,7 +67,7 @@ def records_in_range(
     """
     if end < start:
         raise ValueError(f"The range ends ({end}) before it starts ({start}).")
-    zone = buckets.zone(timezone)
+    zone = time_zones.zone(timezone)
     since = datetime.datetime.combine(start, datetime.time.min, tzinfo=zone)
     until = datetime.datetime.combine(end + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
     # Read one more than asked so a full page tells us there is more.
@@ -126,7 +126,7 @@ def digit_counts(store: PredictionStore, *, start: datetime.date, end: datetime.
 
 def record_rows(records: typing.Iterable[PredictionRecord], *, timezone: str) -> list[dict]:
     """Table and CSV rows for predictions, times in the display zone (no image bytes)."""
-    zone = buckets.zone(timezone)
+    zone = time_zones.zone(timezone)
     return [
         {
             "time": record.created_at.astimezone(zone).replace(tzinfo=None),

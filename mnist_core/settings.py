@@ -19,6 +19,8 @@ import sys
 import zoneinfo
 from collections.abc import Mapping
 
+from mnist_core import time_zones
+
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENVIRONMENT_PREFIX = "MNIST_"
 
@@ -321,11 +323,9 @@ def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
 
     display_timezone = _text(mapping, "DISPLAY_TIMEZONE") or defaults.display_timezone
     try:
-        zoneinfo.ZoneInfo(display_timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"MNIST_DISPLAY_TIMEZONE={display_timezone!r} is not a known time zone; use an IANA name such as 'Europe/Paris'."
-        ) from None
+        time_zones.zone(display_timezone)
+    except ValueError as error:
+        raise ValueError(f"MNIST_DISPLAY_TIMEZONE: {error}") from None
 
     return Settings(
         cassandra_contact_points=contact_points,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mnist_core.settings import settings_from_mapping
-from mnist_core.storage import migrations, partition_move, repository
+from mnist_core.storage import migrations, partition_move, range_reads
 from mnist_core.storage.retention import Retention
 from tests.conftest import plain_cluster
 from tests.stored_rows import slot_of
@@ -59,10 +59,10 @@ def test_range_reads_sized_from_the_rollups_return_exactly_the_newest_readings(s
     expected = sorted(records, key=lambda record: (record.created_at, record.id.int), reverse=True)
     since, until = base, base + datetime.timedelta(days=3)
     # Small requests and rounds, so a few hundred readings take several of each.
-    monkeypatch.setattr(repository, "ROWS_PER_RANGE_REQUEST", 25)
-    monkeypatch.setattr(repository, "SLOTS_PER_RANGE_REQUEST", 4)
-    monkeypatch.setattr(repository, "SLOTS_PER_RANGE_ROUND", 16)
-    monkeypatch.setattr(repository, "INDEX_DAYS_PER_READ", 2)
+    monkeypatch.setattr(range_reads, "ROWS_PER_RANGE_REQUEST", 25)
+    monkeypatch.setattr(range_reads, "SLOTS_PER_RANGE_REQUEST", 4)
+    monkeypatch.setattr(range_reads, "SLOTS_PER_RANGE_ROUND", 16)
+    monkeypatch.setattr(range_reads, "INDEX_DAYS_PER_READ", 2)
     for limit in (1, 119, 120, 121, 150, len(records), len(records) + 5):
         found = store.records_between(since=since, until=until, limit=limit)
         assert [record.id for record in found] == [record.id for record in expected[:limit]], limit

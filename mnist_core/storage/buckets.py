@@ -14,14 +14,6 @@ SLOT_LENGTH = datetime.timedelta(minutes=15)
 UTC = datetime.timezone.utc
 
 
-def zone(name: str) -> zoneinfo.ZoneInfo:
-    """The IANA time zone of that name, or ValueError with a sentence saying what is expected."""
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{name!r} is not a known time zone; use an IANA name such as 'Europe/Paris'.") from None
-
-
 def as_utc(moment: datetime.datetime) -> datetime.datetime:
     """An aware UTC datetime; naive values are rejected because their zone is a guess."""
     if moment.tzinfo is None:

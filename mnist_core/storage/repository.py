@@ -23,7 +23,7 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from mnist_core.settings import KEYSPACE_NAME_PATTERN
-from mnist_core.storage import buckets, migrations, retention
+from mnist_core.storage import buckets, migrations, range_reads, retention
 from mnist_core.storage.errors import PredictionExpired, PredictionNotFound
 from mnist_core.storage.records import (
     CONFIDENCE_BINS,
@@ -40,16 +40,6 @@ from mnist_core.storage.records import (
 
 # Predictions per request in bulk writes: about 20 KiB, within the batch thresholds we configure.
 BULK_BATCH_RECORDS = 20
-# A range read (History's table and CSV) asks for slots in requests of about this many rows
-# (from the rollups' per-slot counts) and at most this many slot partitions, sent together.
-ROWS_PER_RANGE_REQUEST = 1000
-SLOTS_PER_RANGE_REQUEST = 32
-# Slots one round of requests covers at most, and days whose slot index and rollup rows are read
-# at once while looking for them.
-SLOTS_PER_RANGE_ROUND = 1024
-INDEX_DAYS_PER_READ = 8
-# Rows an export reads per page (about 1 kB each, most of it the 28x28 input).
-EXPORT_PAGE_SIZE = 1000
 
 
 def now_microseconds() -> int:
@@ -170,6 +160,9 @@ class PredictionRepository:
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?"
         )
         self._select_release_version = prepare("SELECT release_version FROM system.local")
+        self._ranges = range_reads.RangeReader(
+            session, select_day_slots=self._select_day_slots, select_rollup=self._select_rollup,
+            select_between_slots=self._select_between_slots, select_for_export=self._select_for_export)
 
     @classmethod
     def open(cls, cluster, session: Session, settings) -> tuple[PredictionRepository, str | None]:
@@ -458,91 +451,14 @@ class PredictionRepository:
 
     # Reading predictions ----------------------------------------------------------------
 
-    def _slots_of_day(self, day: datetime.date, since: datetime.datetime,
-                      until: datetime.datetime) -> list[datetime.datetime]:
-        """The slots of a UTC day that hold predictions and overlap [since, until), newest first."""
-        rows = self._session.execute(self._select_day_slots, (day, buckets.slot_start(since), until))
-        return [buckets.from_cassandra_timestamp(row.slot_start) for row in rows]
-
-    def _slots_newest_first(self, since: datetime.datetime, until: datetime.datetime) -> Iterator[datetime.datetime]:
-        """The slots holding predictions in [since, until), newest first; each day's index is read
-        only when the walk reaches it."""
-        for day in reversed(buckets.utc_days_between(since, until)):
-            yield from self._slots_of_day(day, since, until)
-
-    def _sized_slots_newest_first(self, since: datetime.datetime,
-                                  until: datetime.datetime) -> Iterator[tuple[datetime.datetime, int]]:
-        """(slot, rows) for the slots holding predictions in [since, until), newest first.
-
-        The index says which slots exist (it is written before their rows, so it is never
-        behind); the rollups say about how many rows each holds (at least 1 is assumed for a
-        slot written since its last recount). Both are read for INDEX_DAYS_PER_READ days at once.
-        """
-        first_slot = buckets.slot_start(since)
-        days = buckets.utc_days_between(since, until)[::-1]
-        for offset in range(0, len(days), INDEX_DAYS_PER_READ):
-            reads = [(self._session.execute_async(self._select_day_slots, (day, first_slot, until)),
-                      self._session.execute_async(self._select_rollup, (day, first_slot, until)))
-                     for day in days[offset:offset + INDEX_DAYS_PER_READ]]
-            for index, rollup in reads:
-                sizes = {row.slot_start: sum(row.counts) for row in rollup.result()}
-                for row in index.result():
-                    yield buckets.from_cassandra_timestamp(row.slot_start), max(1, sizes.get(row.slot_start, 0))
-
     def between(self, *, since: datetime.datetime, until: datetime.datetime, limit: int) -> list[PredictionRecord]:
-        """The newest ``limit`` predictions made in [since, until), newest first.
-
-        Walks the slots that exist (each UTC day's index, from until's day back to since's), each
-        read bounded on its clustering column, so a past range costs the same as today's however
-        much came after, and an empty day costs one small read. The rollups' per-slot counts pick
-        how many of the newest slots hold ``limit`` rows; those are asked for in requests of about
-        ROWS_PER_RANGE_REQUEST rows, all sent at once: a busy day's newest slots answer in a few
-        requests, and sparse readings spread over many slots in a few more, not one per slot.
-        Counts that lag behind (a slot still being written) only mean another round.
-        """
-        records: list[PredictionRecord] = []
-        slots = self._sized_slots_newest_first(since, until)
-        while len(records) < limit:
-            wanted = limit - len(records)
-            requests: list[list[datetime.datetime]] = []
-            request: list[datetime.datetime] = []
-            request_rows = round_rows = round_slots = 0
-            for slot, rows in slots:
-                request.append(slot)
-                request_rows += rows
-                round_rows += rows
-                round_slots += 1
-                if len(request) == SLOTS_PER_RANGE_REQUEST or request_rows >= ROWS_PER_RANGE_REQUEST:
-                    requests.append(request)
-                    request, request_rows = [], 0
-                if round_rows >= wanted or round_slots >= SLOTS_PER_RANGE_ROUND:
-                    break
-            if request:
-                requests.append(request)
-            if not requests:
-                break
-            # Rows of several partitions come back in token order, so the round is sorted here.
-            futures = [self._session.execute_async(self._select_between_slots, (chosen, since, until, wanted))
-                       for chosen in requests]
-            found = [_record_from_row(row) for future in futures for row in future.result()]
-            records.extend(sorted(found, key=lambda record: (record.created_at, record.id.int), reverse=True))
-        return records[:limit]
+        """The newest ``limit`` predictions made in [since, until), newest first (see range_reads)."""
+        return self._ranges.newest(since=since, until=until, limit=limit)
 
     def rows_for_export(self, *, since: datetime.datetime, until: datetime.datetime,
-                        page_size: int = EXPORT_PAGE_SIZE) -> Iterator:
-        """Every stored prediction made in [since, until), oldest first, read a page at a time.
-
-        One slot partition after another (found through each day's slot index), each paged by
-        the driver, so an export of any range holds one page in memory, never the range.
-        """
-        day = since.astimezone(buckets.UTC).date()
-        last_day = (until - datetime.timedelta(microseconds=1)).astimezone(buckets.UTC).date()
-        while day <= last_day:
-            for slot in reversed(self._slots_of_day(day, since, until)):
-                statement = self._select_for_export.bind((slot, since, until))
-                statement.fetch_size = page_size
-                yield from self._session.execute(statement)
-            day += datetime.timedelta(days=1)
+                        page_size: int = range_reads.EXPORT_PAGE_SIZE) -> Iterator:
+        """Every stored prediction made in [since, until), oldest first, a page at a time (see range_reads)."""
+        return self._ranges.rows_for_export(since=since, until=until, page_size=page_size)
 
     def prediction_exists(self, prediction_id: uuid.UUID) -> bool:
         """Whether Cassandra holds a prediction with this (time-based) id: one single-row read."""
@@ -624,19 +540,3 @@ def _milliseconds(moment: datetime.datetime) -> datetime.datetime:
 def _local_hour(local: datetime.datetime) -> datetime.datetime:
     """The UTC instant where this local hour starts: unique even for the hour a DST change repeats."""
     return local.replace(minute=0, second=0, microsecond=0).astimezone(buckets.UTC)
-
-
-def _record_from_row(row) -> PredictionRecord:
-    return PredictionRecord.from_storage(
-        id=row.id,
-        created_at=buckets.from_cassandra_timestamp(row.created_at),
-        digit=row.digit,
-        number=row.number,
-        confidence=row.confidence,
-        probabilities=tuple(row.probabilities),
-        model_input=row.model_input,
-        source=row.source,
-        model_version=row.model_version,
-        latency_ms=row.latency_ms,
-        true_label=row.true_label,
-    )

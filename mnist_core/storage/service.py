@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from cassandra import DriverException
 from cassandra.cluster import Cluster
 
+from mnist_core import time_zones
 from mnist_core.settings import Settings, get_settings
 from mnist_core.storage import buckets, connection, outbox
 from mnist_core.storage.errors import StorageError, StorageUnavailable
@@ -201,7 +202,7 @@ class PredictionStore:
 
     def history_counts(self, *, start: datetime.date, end: datetime.date, timezone: str | None = None) -> HistoryCounts:
         """Counts per digit per hour and day, and confidence figures, for local days start..end (pending included)."""
-        zone = buckets.zone(timezone or self.settings.display_timezone)
+        zone = time_zones.zone(timezone or self.settings.display_timezone)
         utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
         repository = self._require_repository()
         for _ in range(CONSISTENT_READ_ATTEMPTS):
@@ -215,14 +216,14 @@ class PredictionStore:
 
     def accuracy(self, *, start: datetime.date, end: datetime.date, timezone: str | None = None) -> AccuracyReport:
         """Accuracy and confusion matrix from the corrections (sent ones) of predictions made on local days start..end."""
-        zone = buckets.zone(timezone or self.settings.display_timezone)
+        zone = time_zones.zone(timezone or self.settings.display_timezone)
         repository = self._require_repository()
         return self._read(lambda: repository.accuracy(start=start, end=end, zone=zone))
 
     def accuracy_by_version(self, *, start: datetime.date, end: datetime.date,
                             timezone: str | None = None) -> dict[str, tuple[int, int]]:
         """(corrections, correct) per model version, from the sent corrections of predictions made on local days start..end."""
-        zone = buckets.zone(timezone or self.settings.display_timezone)
+        zone = time_zones.zone(timezone or self.settings.display_timezone)
         repository = self._require_repository()
         return self._read(lambda: repository.accuracy_by_version(start=start, end=end, zone=zone))
 
