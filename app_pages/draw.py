@@ -22,7 +22,7 @@ import streamlit_drawable_canvas
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import charts, resources
-from mnist_core import answer_wording, feedback, readings, settings, storage
+from mnist_core import answer_wording, feedback, preprocess, readings, settings, storage
 from mnist_core.preprocess import ImageDecodeError
 from mnist_core.strokes import strokes_from_canvas_json
 
@@ -97,11 +97,6 @@ def controls_ui() -> tuple[int, bool]:
 
 def picture_signature(image: np.ndarray | None) -> str | None:
     return None if image is None else hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
-
-
-def has_ink(image: np.ndarray | None) -> bool:
-    """Cheap check before reading: a canvas picture with any stroke has some alpha."""
-    return image is not None and image.ndim == 3 and image.shape[-1] == 4 and int(image[..., 3].max()) > 0
 
 
 def show_toast(outcome: storage.StoreOutcome) -> None:
@@ -187,11 +182,11 @@ def handle_canvas(image: np.ndarray | None, *, live: bool, strokes=None) -> None
         st.session_state.draw_pending_since = pending_since = None
         store_shown_reading()
     if pending_since is None:
-        if live and has_ink(image) and signature != st.session_state.draw_predicted_signature:
+        if live and preprocess.has_ink(image) and signature != st.session_state.draw_predicted_signature:
             st.session_state.draw_predicted_signature = signature
             show_reading(image, strokes=strokes)
         return
-    if not has_ink(image):
+    if not preprocess.has_ink(image):
         st.session_state.draw_result = None
         if time.monotonic() - pending_since >= STROKE_WAIT_SECONDS:
             # No stroke came: the canvas is blank.
@@ -213,7 +208,7 @@ def finish_prediction(image: np.ndarray | None) -> None:
     if pending_since is None:
         return
     waited = time.monotonic() - pending_since
-    if not has_ink(image):
+    if not preprocess.has_ink(image):
         rerun_drawing_after(min(STROKE_POLL_SECONDS, STROKE_WAIT_SECONDS - waited))
     if waited < CLICK_GRACE_SECONDS:
         rerun_drawing_after(CLICK_GRACE_SECONDS - waited)

@@ -273,6 +273,16 @@ def ink_map(image) -> np.ndarray:
     return _stretch(distance, background_level=noise)
 
 
+def has_ink(image) -> bool:
+    """Whether the picture holds ink that reading it would find, by the same ink map and level.
+
+    The Draw page asks before reading, to tell a blank canvas (or one whose strokes have not
+    arrived yet) from a drawing, so a picture it sends on is never one the reader calls blank
+    for another reason than the reading itself.
+    """
+    return image is not None and float(ink_map(image).max()) >= INK_MASK_LEVEL
+
+
 def _stretch(ink: np.ndarray, *, background_level: float) -> np.ndarray:
     """Map the background to 0 and the strongest ink to 1; all zeros when there is no ink."""
     peak = float(ink.max())
