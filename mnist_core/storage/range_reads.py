@@ -11,7 +11,7 @@ at once instead of walking them one by one.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
@@ -32,18 +32,29 @@ EXPORT_PAGE_SIZE = 1000
 
 
 class RangeReader:
-    """The range reads over one session, with statements the repository prepared once:
-    ``select_day_slots`` (day, first slot, until), ``select_rollup`` (day, first slot, until),
-    ``select_between_slots`` (slots, since, until, per-partition limit) and
-    ``select_for_export`` (slot, since, until)."""
+    """The range reads over one session, with statements prepared once through ``prepare``."""
 
-    def __init__(self, session: Session, *, select_day_slots: PreparedStatement, select_rollup: PreparedStatement,
-                 select_between_slots: PreparedStatement, select_for_export: PreparedStatement) -> None:
+    def __init__(self, session: Session, prepare: Callable[[str], PreparedStatement]) -> None:
         self._session = session
-        self._select_day_slots = select_day_slots
-        self._select_rollup = select_rollup
-        self._select_between_slots = select_between_slots
-        self._select_for_export = select_for_export
+        self._select_day_slots = prepare(
+            "SELECT slot_start FROM {keyspace}.prediction_slots_by_day WHERE day = ? AND slot_start >= ? "
+            "AND slot_start < ?"
+        )
+        # The per-slot counts only (History's own read of this table takes every column).
+        self._select_rollup = prepare(
+            "SELECT slot_start, counts FROM {keyspace}.digit_counts_by_day WHERE day = ? AND slot_start >= ? "
+            "AND slot_start < ?"
+        )
+        self._select_between_slots = prepare(
+            "SELECT * FROM {keyspace}.predictions_by_slot WHERE slot_start IN ? AND created_at >= ? AND created_at < ? "
+            "PER PARTITION LIMIT ?"
+        )
+        # Every column an export writes, oldest first within a slot (the reverse of the table's order).
+        self._select_for_export = prepare(
+            "SELECT id, created_at, digit, number, confidence, model_input, source, model_version, true_label "
+            "FROM {keyspace}.predictions_by_slot WHERE slot_start = ? AND created_at >= ? AND created_at < ? "
+            "ORDER BY created_at ASC"
+        )
 
     def newest(self, *, since: datetime.datetime, until: datetime.datetime, limit: int) -> list[PredictionRecord]:
         """The newest ``limit`` predictions made in [since, until), newest first.

@@ -6,14 +6,14 @@ counting a prediction twice. Counts never scan predictions: each 15-minute slot'
 counts are recounted from a narrow table and stored as one rollup row (see 001_predictions.cql).
 Every per-prediction row lives in the partition of its 15-minute UTC slot, and with a retention
 it is written with a TTL ending that many days after the prediction (005_slot_partitions_and_retention.cql).
+The writes, corrections and one-row reads are here; range reads (range_reads.py), rollup reads
+(rollup_reads.py) and recounts (recounts.py) have modules of their own, behind these methods.
 Driver exceptions pass through; :mod:`mnist_core.storage.service` decides what they mean.
 """
 
 from __future__ import annotations
 
 import datetime
-import itertools
-import time
 import uuid
 import zoneinfo
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,28 +23,13 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from mnist_core.settings import KEYSPACE_NAME_PATTERN
-from mnist_core.storage import buckets, migrations, range_reads, retention
+from mnist_core.storage import buckets, migrations, range_reads, recounts, retention, rollup_reads
 from mnist_core.storage.errors import PredictionExpired, PredictionNotFound
-from mnist_core.storage.records import (
-    CONFIDENCE_BINS,
-    DIGIT_COUNT,
-    SlotFigures,
-    confidence_bin,
-    AccuracyReport,
-    HistoryCounts,
-    PeriodCounts,
-    PredictionRecord,
-    uuid_time,
-)
+from mnist_core.storage.records import AccuracyReport, HistoryCounts, PredictionRecord, SlotFigures, uuid_time
 
 
 # Predictions per request in bulk writes: about 20 KiB, within the batch thresholds we configure.
 BULK_BATCH_RECORDS = 20
-
-
-def now_microseconds() -> int:
-    """Client clock in microseconds: the unit of Cassandra write timestamps."""
-    return time.time_ns() // 1000
 
 
 class PredictionRepository:
@@ -80,57 +65,6 @@ class PredictionRepository:
         self._insert_slot_index = prepare(
             "INSERT INTO {keyspace}.prediction_slots_by_day (day, slot_start) VALUES (?, ?) USING TTL ?"
         )
-        self._select_day_slots = prepare(
-            "SELECT slot_start FROM {keyspace}.prediction_slots_by_day WHERE day = ? AND slot_start >= ? "
-            "AND slot_start < ?"
-        )
-        self._select_markers = prepare(
-            "SELECT slot_start, WRITETIME(requested_at) AS marked_until FROM {keyspace}.count_slots_to_refresh_by_day "
-            "WHERE day = ?"
-        )
-        self._delete_marker = prepare(
-            "DELETE FROM {keyspace}.count_slots_to_refresh_by_day USING TIMESTAMP ? WHERE day = ? AND slot_start = ?"
-        )
-        self._select_slot = prepare(
-            "SELECT digit, confidence FROM {keyspace}.prediction_digits_by_slot WHERE slot_start = ?"
-        )
-        self._insert_rollup = prepare(
-            "INSERT INTO {keyspace}.digit_counts_by_day (day, slot_start, counts, confidence_histogram, confidence_sum) "
-            "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
-        )
-        self._select_rollup = prepare(
-            "SELECT slot_start, counts, confidence_histogram, confidence_sum FROM {keyspace}.digit_counts_by_day "
-            "WHERE day = ? AND slot_start >= ? AND slot_start < ?"
-        )
-        self._select_slot_corrections = prepare(
-            "SELECT predicted_digit, true_label, model_version FROM {keyspace}.corrections_by_slot WHERE slot_start = ?"
-        )
-        self._insert_correction_rollup = prepare(
-            "INSERT INTO {keyspace}.correction_counts_by_day (day, slot_start, confusion) VALUES (?, ?, ?) "
-            "USING TIMESTAMP ?"
-        )
-        self._insert_version_rollup = prepare(
-            "INSERT INTO {keyspace}.correction_counts_by_version (day, slot_start, model_version, corrections, correct) "
-            "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
-        )
-        self._select_version_rollup = prepare(
-            "SELECT model_version, corrections, correct FROM {keyspace}.correction_counts_by_version "
-            "WHERE day = ? AND slot_start >= ? AND slot_start < ?"
-        )
-        self._select_correction_rollup = prepare(
-            "SELECT confusion FROM {keyspace}.correction_counts_by_day WHERE day = ? AND slot_start >= ? "
-            "AND slot_start < ?"
-        )
-        self._select_between_slots = prepare(
-            "SELECT * FROM {keyspace}.predictions_by_slot WHERE slot_start IN ? AND created_at >= ? AND created_at < ? "
-            "PER PARTITION LIMIT ?"
-        )
-        # Every column an export writes, oldest first within a slot (the reverse of the table's order).
-        self._select_for_export = prepare(
-            "SELECT id, created_at, digit, number, confidence, model_input, source, model_version, true_label "
-            "FROM {keyspace}.predictions_by_slot WHERE slot_start = ? AND created_at >= ? AND created_at < ? "
-            "ORDER BY created_at ASC"
-        )
         self._select_prediction_key = prepare(
             "SELECT digit, model_version FROM {keyspace}.predictions_by_slot WHERE slot_start = ? AND created_at = ? "
             "AND id = ?"
@@ -160,9 +94,9 @@ class PredictionRepository:
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?"
         )
         self._select_release_version = prepare("SELECT release_version FROM system.local")
-        self._ranges = range_reads.RangeReader(
-            session, select_day_slots=self._select_day_slots, select_rollup=self._select_rollup,
-            select_between_slots=self._select_between_slots, select_for_export=self._select_for_export)
+        self._ranges = range_reads.RangeReader(session, prepare)
+        self._rollups = rollup_reads.RollupReader(session, prepare)
+        self._recounts = recounts.SlotRecounter(session, prepare, self._retention)
 
     @classmethod
     def open(cls, cluster, session: Session, settings) -> tuple[PredictionRepository, str | None]:
@@ -236,7 +170,7 @@ class PredictionRepository:
         One marker per slot covers every write sent within a request timeout of it (see __init__);
         the index row rides with it, so every slot this process writes to is indexed.
         """
-        now = now_microseconds()
+        now = recounts.now_microseconds()
         if len(self._marker_written_until) > 10_000:
             self._marker_written_until = {
                 marked_slot: until for marked_slot, until in self._marker_written_until.items() if until > now
@@ -282,11 +216,6 @@ class PredictionRepository:
         for record in records:
             self._marker_written_until.pop(buckets.slot_start(record.created_at), None)
 
-    def write_prediction(self, record: PredictionRecord) -> datetime.datetime:
-        """Write one prediction (one round trip, two when its slot needs a marker); returns the
-        count slot that now needs a recount."""
-        return next(iter(self.write_predictions([record], batch_records=1)))
-
     def write_predictions(self, records: Sequence[PredictionRecord], *, concurrency: int = 8,
                           batch_records: int = BULK_BATCH_RECORDS) -> set[datetime.datetime]:
         """Write many predictions: grouped by slot, ``batch_records`` per request, ``concurrency`` requests in flight.
@@ -309,145 +238,44 @@ class PredictionRepository:
 
     # Counting ---------------------------------------------------------------------------
 
-    def refresh_slots(self, slots: Iterable[datetime.datetime], *, concurrency: int = 32) -> None:
-        """Recount each slot from the narrow table and store its rollup row (counts and confidence figures).
+    def refresh_slots(self, slots: Iterable[datetime.datetime]) -> None:
+        """Recount these slots' digit rollups (see recounts)."""
+        self._recounts.refresh_slots(slots)
 
-        The rollup is written with the time the recount began as its write timestamp, so when
-        two recounts race, the later one (which saw every write acknowledged before it) wins.
-        A slot whose rows may have begun to expire keeps the rollup it has.
-        """
-        slots = sorted(slot for slot in set(slots) if self._retention.may_recount(slot))
-        if not slots:
-            return
-        started = now_microseconds()
-        results = execute_concurrent(
-            self._session, [(self._select_slot, (slot,)) for slot in slots],
-            concurrency=concurrency, raise_on_first_error=True,
-        )
-        writes = []
-        for slot, (success, rows) in zip(slots, results):
-            counts = [0] * DIGIT_COUNT
-            histogram = [0] * CONFIDENCE_BINS
-            confidence_sum = 0.0
-            for row in rows:
-                counts[row.digit] += 1
-                if row.confidence is not None:
-                    histogram[confidence_bin(row.confidence)] += 1
-                    confidence_sum += row.confidence
-            writes.append((self._insert_rollup,
-                           (buckets.utc_day(slot), slot, counts, histogram, confidence_sum, started)))
-        execute_concurrent(self._session, writes, concurrency=concurrency, raise_on_first_error=True)
+    def refresh_correction_slots(self, slots: Iterable[datetime.datetime]) -> None:
+        """Recount these slots' correction rollups (see recounts)."""
+        self._recounts.refresh_correction_slots(slots)
 
-    def refresh_correction_slots(self, slots: Iterable[datetime.datetime], *, concurrency: int = 32) -> None:
-        """Recount the confusion matrix of each slot's corrected predictions and store its rollup rows
-        (a slot whose rows may have begun to expire keeps the ones it has)."""
-        slots = sorted(slot for slot in set(slots) if self._retention.may_recount(slot))
-        if not slots:
-            return
-        started = now_microseconds()
-        results = execute_concurrent(
-            self._session, [(self._select_slot_corrections, (slot,)) for slot in slots],
-            concurrency=concurrency, raise_on_first_error=True,
-        )
-        writes = []
-        for slot, (success, rows) in zip(slots, results):
-            day = buckets.utc_day(slot)
-            confusion = [0] * (DIGIT_COUNT * DIGIT_COUNT)
-            by_version: dict[str, list[int]] = {}
-            for row in rows:
-                confusion[row.true_label * DIGIT_COUNT + row.predicted_digit] += 1
-                counts = by_version.setdefault(row.model_version or "", [0, 0])
-                counts[0] += 1
-                counts[1] += int(row.true_label == row.predicted_digit)
-            writes.append((self._insert_correction_rollup, (day, slot, confusion, started)))
-            writes.extend((self._insert_version_rollup, (day, slot, version, corrections, correct, started))
-                          for version, (corrections, correct) in by_version.items())
-        execute_concurrent(self._session, writes, concurrency=concurrency, raise_on_first_error=True)
+    def slots_marked_for_refresh(self, days: Iterable[datetime.date]) -> dict[datetime.datetime, int]:
+        """Slots with a dirty marker on those UTC days, with the time each marker stays valid until."""
+        return self._recounts.slots_marked_for_refresh(days)
+
+    def refresh_marked_slots(self, days: Iterable[datetime.date]) -> int:
+        """Recount every marked slot on those days (see recounts); returns how many were marked."""
+        return self._recounts.refresh_marked_slots(days)
+
+    # Reading rollups --------------------------------------------------------------------
+
+    def history_counts(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo,
+                       pending: Iterable[SlotFigures] = ()) -> HistoryCounts:
+        """Per-digit counts per local hour and day, and the confidence figures (see rollup_reads)."""
+        return self._rollups.history_counts(start=start, end=end, zone=zone, pending=pending)
+
+    def accuracy(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo) -> AccuracyReport:
+        """Accuracy and confusion matrix of predictions made on local days start..end (see rollup_reads)."""
+        return self._rollups.accuracy(start=start, end=end, zone=zone)
+
+    def accuracy_by_version(self, *, start: datetime.date, end: datetime.date,
+                            zone: zoneinfo.ZoneInfo) -> dict[str, tuple[int, int]]:
+        """(corrections, correct) per model version (see rollup_reads)."""
+        return self._rollups.accuracy_by_version(start=start, end=end, zone=zone)
+
+    # Keyspace ---------------------------------------------------------------------------
 
     def replication(self) -> dict[str, str] | None:
         """The keyspace's replication options as Cassandra reports them (None if it does not exist)."""
         row = self._session.execute(self._select_replication, (self._keyspace,)).one()
         return None if row is None else dict(row.replication)
-
-    def slots_marked_for_refresh(self, days: Iterable[datetime.date]) -> dict[datetime.datetime, int]:
-        """Slots with a dirty marker on those UTC days, each with the time its marker stays valid until."""
-        marked: dict[datetime.datetime, int] = {}
-        futures = [self._session.execute_async(self._select_markers, (day,)) for day in days]
-        for future in futures:
-            for row in future.result():
-                marked[buckets.from_cassandra_timestamp(row.slot_start)] = row.marked_until
-        return marked
-
-    def refresh_marked_slots(self, days: Iterable[datetime.date]) -> int:
-        """Recount every marked slot on those days, then drop the markers no write can still need."""
-        marked = self.slots_marked_for_refresh(days)
-        if not marked:
-            return 0
-        started = now_microseconds()
-        self.refresh_slots(marked)
-        deletions = [
-            (self._delete_marker, (started, buckets.utc_day(slot), slot))
-            for slot, marked_until in marked.items()
-            if marked_until is not None and marked_until <= started
-        ]
-        execute_concurrent(self._session, deletions, concurrency=32, raise_on_first_error=True)
-        return len(marked)
-
-    def history_counts(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo,
-                       pending: Iterable[SlotFigures] = ()) -> HistoryCounts:
-        """Per-digit counts per local hour and local day, and the confidence figures, for local days start..end.
-
-        ``pending`` adds slots' figures that are not in Cassandra yet (this process's outbox).
-        """
-        utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
-        futures = [
-            self._session.execute_async(self._select_rollup, (day, utc_start, utc_end))
-            for day in buckets.utc_days_between(utc_start, utc_end)
-        ]
-        hourly: dict[datetime.datetime, list[int]] = {}
-        daily: dict[datetime.date, list[int]] = {}
-        # Every local hour and day in the range is present, with zeros where nothing was stored.
-        slot = utc_start
-        while slot < utc_end:
-            local = slot.astimezone(zone)
-            hourly.setdefault(_local_hour(local), [0] * DIGIT_COUNT)
-            daily.setdefault(local.date(), [0] * DIGIT_COUNT)
-            slot += buckets.SLOT_LENGTH
-        histogram = [0] * CONFIDENCE_BINS
-        confidence_sum = 0.0
-        stored = (
-            SlotFigures(slot_start=buckets.from_cassandra_timestamp(row.slot_start), counts=tuple(row.counts),
-                        confidence_histogram=None if row.confidence_histogram is None else tuple(row.confidence_histogram),
-                        confidence_sum=row.confidence_sum or 0.0)
-            for future in futures for row in future.result()
-        )
-        for figures in itertools.chain(stored, pending):
-            if not utc_start <= figures.slot_start < utc_end:
-                continue
-            local = figures.slot_start.astimezone(zone)
-            hour_counts = hourly[_local_hour(local)]
-            day_counts = daily[local.date()]
-            for digit, count in enumerate(figures.counts):
-                hour_counts[digit] += count
-                day_counts[digit] += count
-            if figures.confidence_histogram is not None:
-                for index, count in enumerate(figures.confidence_histogram):
-                    histogram[index] += count
-                confidence_sum += figures.confidence_sum
-        return HistoryCounts(
-            timezone=zone.key,
-            start=start,
-            end=end,
-            hourly=tuple(
-                PeriodCounts(start=hour.astimezone(zone), counts=tuple(counts)) for hour, counts in sorted(hourly.items())
-            ),
-            daily=tuple(
-                PeriodCounts(start=datetime.datetime.combine(day, datetime.time.min, tzinfo=zone), counts=tuple(counts))
-                for day, counts in sorted(daily.items())
-            ),
-            confidence_histogram=tuple(histogram),
-            confidence_sum=confidence_sum,
-        )
 
     # Reading predictions ----------------------------------------------------------------
 
@@ -466,7 +294,7 @@ class PredictionRepository:
         return self._session.execute(
             self._select_prediction_key, (buckets.slot_start(created_at), created_at, prediction_id)).one() is not None
 
-    # Corrections and accuracy -----------------------------------------------------------
+    # Corrections ------------------------------------------------------------------------
 
     def write_correction(self, prediction_id: uuid.UUID, true_label: int, *, corrected_at: datetime.datetime) -> None:
         """Record the true label of a stored prediction (a later correction replaces an earlier one).
@@ -504,39 +332,6 @@ class PredictionRepository:
         row = self._session.execute(self._select_answer, (key_hash,)).one()
         return None if row is None else (row.body_fingerprint, row.answer)
 
-    def accuracy(self, *, start: datetime.date, end: datetime.date, zone: zoneinfo.ZoneInfo) -> AccuracyReport:
-        """Accuracy and confusion matrix from the correction rollups of local days start..end (one read per UTC day)."""
-        utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
-        futures = [self._session.execute_async(self._select_correction_rollup, (day, utc_start, utc_end))
-                   for day in buckets.utc_days_between(utc_start, utc_end)]
-        matrix = [0] * (DIGIT_COUNT * DIGIT_COUNT)
-        for future in futures:
-            for row in future.result():
-                for index, count in enumerate(row.confusion):
-                    matrix[index] += count
-        return AccuracyReport.from_matrix(
-            [matrix[row * DIGIT_COUNT:(row + 1) * DIGIT_COUNT] for row in range(DIGIT_COUNT)])
-
-    def accuracy_by_version(self, *, start: datetime.date, end: datetime.date,
-                            zone: zoneinfo.ZoneInfo) -> dict[str, tuple[int, int]]:
-        """(corrections, correct) per model version for predictions made on local days start..end
-        (one read per UTC day of the per-version rollup)."""
-        utc_start, utc_end = buckets.local_dates_to_utc_range(start, end, zone)
-        futures = [self._session.execute_async(self._select_version_rollup, (day, utc_start, utc_end))
-                   for day in buckets.utc_days_between(utc_start, utc_end)]
-        totals: dict[str, list[int]] = {}
-        for future in futures:
-            for row in future.result():
-                counts = totals.setdefault(row.model_version, [0, 0])
-                counts[0] += row.corrections
-                counts[1] += row.correct
-        return {version: (corrections, correct) for version, (corrections, correct) in totals.items()}
-
 
 def _milliseconds(moment: datetime.datetime) -> datetime.datetime:
     return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
-
-
-def _local_hour(local: datetime.datetime) -> datetime.datetime:
-    """The UTC instant where this local hour starts: unique even for the hour a DST change repeats."""
-    return local.replace(minute=0, second=0, microsecond=0).astimezone(buckets.UTC)
