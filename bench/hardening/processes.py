@@ -15,7 +15,6 @@ import datetime
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ import httpx2
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import RoundRobinPolicy
 from cassandra.query import SimpleStatement
+
+from tests.app_process import free_port
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CASSANDRA_SCRIPT = REPOSITORY_ROOT / "scripts" / "cassandra"
@@ -48,12 +49,6 @@ BROWSER_NICENESS = 19
 PR_CAPBSET_DROP = 24
 CAP_SYS_NICE = 23
 TRACEBACK_MARKER = "Traceback (most recent call last)"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def git_state() -> dict:
