@@ -35,16 +35,17 @@ authenticator: PasswordAuthenticator
 authorizer: CassandraAuthorizer
 commitlog_sync: batch
 EOF
-# TLS for clients, with the certificate deploy/make-tls.sh made for this host. Optional: the
-# healthcheck's plain CQL OPTIONS probe (deploy/cql-answers.sh) must still be answered; the app,
-# the schema job and cassandra-init always connect with TLS and verify the certificate.
+# TLS for clients, with the certificate deploy/make-tls.sh made for this host, and required: a
+# client that skips TLS is refused rather than sending its password in clear. The app, the
+# schema job and cassandra-init connect with TLS and verify the certificate; the healthcheck
+# (deploy/cql-answers.sh) sends its OPTIONS probe inside TLS too.
 tls_host="${CASSANDRA_TLS_HOST:-$(hostname)}"
 keystore="${TLS_NODE_DIRECTORY:-/tls-nodes}/$tls_host.p12"
 if [[ -f "$keystore" ]]; then
     cat >>"$edited" <<EOF
 client_encryption_options:
   enabled: true
-  optional: true
+  optional: false
   keystore: $keystore
   keystore_password: $(cat "${TLS_NODE_DIRECTORY:-/tls-nodes}/keystore.password")
   store_type: PKCS12

@@ -12,6 +12,7 @@ import pathlib
 import shlex
 import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import textwrap
@@ -39,8 +40,9 @@ def test_deploy_scripts_named_by_the_compose_files_exist_and_are_bash() -> None:
 
 
 @contextlib.contextmanager
-def fake_cql_server(answer: bytes | None) -> Iterator[tuple[int, list[bytes]]]:
-    """A TCP server that reads one 9-byte frame header and sends `answer` (None: never answers)."""
+def fake_cql_server(answer: bytes | None, tls: ssl.SSLContext | None = None) -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP server that reads one 9-byte frame header and sends `answer` (None: never answers);
+    with ``tls``, only inside a TLS session, as a node with required client encryption does."""
     listener = socket.create_server(("127.0.0.1", 0))
     received: list[bytes] = []
     stop = threading.Event()
@@ -52,6 +54,13 @@ def fake_cql_server(answer: bytes | None) -> Iterator[tuple[int, list[bytes]]]:
                 connection, _ = listener.accept()
             except (TimeoutError, OSError):
                 continue
+            if tls is not None:
+                connection.settimeout(5)
+                try:
+                    connection = tls.wrap_socket(connection, server_side=True)
+                except (ssl.SSLError, OSError):
+                    connection.close()  # a plain client: refused, as Cassandra refuses it
+                    continue
             with connection:
                 connection.settimeout(5)
                 data = b""
@@ -104,6 +113,32 @@ def test_cql_probe_fails_when_the_answer_is_not_supported(answer: bytes | None) 
     with fake_cql_server(answer) as (port, _):
         result = run_cql_probe(port)
     assert result.returncode != 0
+
+
+@pytest.fixture
+def server_tls(tmp_path: pathlib.Path) -> ssl.SSLContext:
+    """A server context with a throw-away self-signed certificate (made by openssl, as make-tls.sh's is by keytool)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, certificate = tmp_path / "key.pem", tmp_path / "certificate.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(certificate), "-days", "1", "-subj", "/CN=cassandra"], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    return context
+
+
+def test_cql_probe_passes_over_tls_when_the_node_accepts_only_tls_clients(server_tls) -> None:
+    supported = bytes([0x84, 0, 0, 0, 0x06, 0, 0, 0, 2, 0, 0])
+    with fake_cql_server(supported, tls=server_tls) as (port, received):
+        result = run_cql_probe(port)
+    assert result.returncode == 0, result.stderr
+    assert received == [CQL_OPTIONS_FRAME_V4], "the frame arrived inside TLS"
+
+
+def test_cql_probe_over_tls_still_wants_supported(server_tls) -> None:
+    with fake_cql_server(bytes([0x84, 0, 0, 0, 0x00, 0, 0, 0, 0]), tls=server_tls) as (port, _):
+        assert run_cql_probe(port).returncode != 0
 
 
 def test_cql_probe_fails_when_nothing_listens() -> None:
@@ -179,6 +214,28 @@ def test_entrypoint_turns_on_passwords_permissions_and_synced_commits_then_runs_
         assert configuration_after[key] == original[key], key
     assert outputs[0].count("authenticator:") == 1
     assert outputs[0].count("commitlog_sync:") == 1
+    assert "client_encryption_options" not in configuration_after, "no keystore: no TLS to turn on"
+
+
+def test_entrypoint_requires_tls_from_every_client_when_the_node_has_a_keystore(tmp_path: pathlib.Path) -> None:
+    configuration = tmp_path / "conf"
+    configuration.mkdir()
+    (configuration / "cassandra.yaml").write_text(SAMPLE_CASSANDRA_YAML)
+    nodes = tmp_path / "tls-nodes"
+    nodes.mkdir()
+    (nodes / "cassandra-2.p12").write_bytes(b"not read here")
+    (nodes / "keystore.password").write_text("keystore-secret\n")
+    bin_directory = tmp_path / "bin"
+    bin_directory.mkdir()
+    (bin_directory / "docker-entrypoint.sh").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (bin_directory / "docker-entrypoint.sh").chmod(0o755)
+    subprocess.run(["bash", str(ENTRYPOINT_SCRIPT), "cassandra", "-f"], check=True, timeout=30, env={
+        **os.environ, "PATH": f"{bin_directory}:{os.environ['PATH']}", "CASSANDRA_CONF": str(configuration),
+        "TLS_NODE_DIRECTORY": str(nodes), "CASSANDRA_TLS_HOST": "cassandra-2"})
+    encryption = yaml.safe_load((configuration / "cassandra.yaml").read_text())["client_encryption_options"]
+    # Required, not optional: a client that skips TLS cannot send its password in clear.
+    assert encryption == {"enabled": True, "optional": False, "keystore": str(nodes / "cassandra-2.p12"),
+                          "keystore_password": "keystore-secret", "store_type": "PKCS12"}
 
 
 def test_make_tls_signs_a_certificate_per_node_that_verifies_for_its_name_only(tmp_path: pathlib.Path) -> None:
