@@ -28,6 +28,9 @@ class ApiResult:
     digit: int | None = None
     label: int | None = None
     phase: str = "load"
+    # Answered 422 "not a digit": the model's reading of the picture (issue of the recognizer),
+    # not a fault of the server under load; counted apart from the errors.
+    refused_as_not_a_digit: bool = False
 
 
 class ApiLoad:
@@ -113,6 +116,9 @@ async def send_one(client: httpx2.AsyncClient, plan: dict, result: ApiResult) ->
         return
     result.latency_seconds = time.monotonic() - result.scheduled_at
     result.status = response.status_code
+    if response.status_code == 422 and _says_not_a_digit(response):
+        result.refused_as_not_a_digit = True
+        return
     if response.status_code != 200:
         result.error = f"HTTP {response.status_code}"
         return
@@ -124,3 +130,10 @@ async def send_one(client: httpx2.AsyncClient, plan: dict, result: ApiResult) ->
         return
     if result.latency_seconds > plan["deadline_seconds"]:
         result.error = "late"
+
+
+def _says_not_a_digit(response: httpx2.Response) -> bool:
+    try:
+        return response.json().get("not_a_digit") is True
+    except ValueError:
+        return False

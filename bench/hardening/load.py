@@ -183,6 +183,7 @@ def run_load(*, app: AppServer, node: CassandraNode, keyspace: str, arguments, a
         "api_requests": len(load_api),
         "api_rate_achieved": round(len(load_api) / arguments.duration, 1),
         "api_errors": len(api_errors),
+        "api_refused_as_not_a_digit": sum(result.refused_as_not_a_digit for result in load_api),
         "api_p50_ms": milliseconds(percentile(api_latencies, 0.50)),
         "api_p99_ms": milliseconds(percentile(api_latencies, 0.99)),
         "api_max_ms": milliseconds(max(api_latencies, default=None)),
@@ -219,7 +220,9 @@ def run_load(*, app: AppServer, node: CassandraNode, keyspace: str, arguments, a
             + sum(window_start <= (attempt.clicked_at or 0) <= window_end for attempt in browser_errors))
 
     say(f"  API: {figures['api_requests']} requests ({figures['api_rate_achieved']}/s), {len(api_errors)} errors "
-        f"{dict(collections.Counter(result.error for result in api_errors))}, p50 {figures['api_p50_ms']} ms, "
+        f"{dict(collections.Counter(result.error for result in api_errors))}, "
+        f"{figures['api_refused_as_not_a_digit']} refused as not a digit (the model's answer, not an error), "
+        f"p50 {figures['api_p50_ms']} ms, "
         f"p99 {figures['api_p99_ms']} ms, max {figures['api_max_ms']} ms (from the scheduled send; late means over "
         f"{arguments.api_deadline:g} s); {figures['api_queued']} answered 'queued'; digit right "
         f"{figures['api_digit_accuracy']}; pacer lag max {figures['api_dispatch_lag_max_ms']} ms")
