@@ -5,6 +5,10 @@ on one source of truth. Values come from environment variables prefixed ``MNIST_
 running Streamlit app, ``st.secrets`` (flat ``MNIST_*`` keys, or a ``[mnist]`` table whose keys
 may drop the prefix) is laid over them, so a deployment keeps its password out of the
 environment. Tests build settings from a plain dict with :func:`settings_from_mapping`.
+
+Each variable is declared once, in :data:`SETTINGS` (its name, the field it fills, its reader);
+the parser walks that table, and the tests check the image, compose and README's Settings table
+against it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import pathlib
 import re
 import sys
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mnist_core import time_zones
 
@@ -182,13 +187,13 @@ def _integer(mapping: Mapping[str, str], name: str, default: int, *, minimum: in
 LONGEST_RETENTION_DAYS = 7300
 
 
-def _retention_days(mapping: Mapping[str, str]) -> int | None:
+def _retention_days(mapping: Mapping[str, str], name: str, default: int | None) -> int | None:
     """MNIST_RETENTION_DAYS: blank keeps rows forever; otherwise 1 to LONGEST_RETENTION_DAYS days."""
-    if _text(mapping, "RETENTION_DAYS") is None:
-        return None
-    days = _integer(mapping, "RETENTION_DAYS", 0, minimum=1)
+    if _text(mapping, name) is None:
+        return default
+    days = _integer(mapping, name, 0, minimum=1)
     if days > LONGEST_RETENTION_DAYS:
-        raise ValueError(f"{ENVIRONMENT_PREFIX}RETENTION_DAYS={days} must be at most {LONGEST_RETENTION_DAYS} "
+        raise ValueError(f"{ENVIRONMENT_PREFIX}{name}={days} must be at most {LONGEST_RETENTION_DAYS} "
                          "(Cassandra's TTL ends at 20 years).")
     return days
 
@@ -262,110 +267,152 @@ def _existing_file(mapping: Mapping[str, str], name: str) -> pathlib.Path | None
     return path
 
 
-def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
-    """Build and validate settings from ``MNIST_*`` keys; unknown keys are ignored, absent keys keep defaults."""
-    defaults = Settings()
+# Readers of one variable's text, for the table below: (mapping, variable, default) -> value.
 
-    contact_points_text = _text(mapping, "CASSANDRA_CONTACT_POINTS")
-    contact_points = defaults.cassandra_contact_points
-    if contact_points_text is not None:
-        contact_points = tuple(point.strip() for point in contact_points_text.split(",") if point.strip())
-        if not contact_points:
-            raise ValueError("MNIST_CASSANDRA_CONTACT_POINTS must name at least one host.")
+def _contact_points(mapping: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    text = _text(mapping, name)
+    if text is None:
+        return default
+    points = tuple(point.strip() for point in text.split(",") if point.strip())
+    if not points:
+        raise ValueError(f"{ENVIRONMENT_PREFIX}{name} must name at least one host.")
+    return points
 
-    keyspace = _text(mapping, "CASSANDRA_KEYSPACE") or defaults.cassandra_keyspace
+
+def _keyspace(mapping: Mapping[str, str], name: str, default: str) -> str:
+    keyspace = _text(mapping, name) or default
     if not KEYSPACE_NAME_PATTERN.match(keyspace):
-        raise ValueError(
-            f"MNIST_CASSANDRA_KEYSPACE={keyspace!r} must start with a letter and hold at most 48 letters, digits or underscores."
-        )
+        raise ValueError(f"{ENVIRONMENT_PREFIX}{name}={keyspace!r} must start with a letter and hold at most 48 "
+                         "letters, digits or underscores.")
+    return keyspace
 
-    replication_text = _text(mapping, "CASSANDRA_REPLICATION")
-    replication = defaults.cassandra_replication if replication_text is None else Replication.parse(replication_text)
 
-    datacenter = _text(mapping, "CASSANDRA_DATACENTER") or defaults.cassandra_datacenter
+def _replication(mapping: Mapping[str, str], name: str, default: Replication) -> Replication:
+    text = _text(mapping, name)
+    return default if text is None else Replication.parse(text)
 
-    username = _text(mapping, "CASSANDRA_USERNAME")
-    password = _secret(mapping, "CASSANDRA_PASSWORD", "CASSANDRA_PASSWORD_FILE", strip=False)
-    if (username is None) != (password is None):
-        raise ValueError("Set both MNIST_CASSANDRA_USERNAME and MNIST_CASSANDRA_PASSWORD, or neither.")
 
-    consistency = (_text(mapping, "CASSANDRA_CONSISTENCY") or defaults.cassandra_consistency).upper()
+def _plain_text(mapping: Mapping[str, str], name: str, default: str | None) -> str | None:
+    return _text(mapping, name) or default
+
+
+def _consistency(mapping: Mapping[str, str], name: str, default: str) -> str:
+    consistency = (_text(mapping, name) or default).upper()
     if consistency not in CONSISTENCY_LEVEL_NAMES:
-        raise ValueError(
-            f"MNIST_CASSANDRA_CONSISTENCY={consistency!r} is not a consistency level; use one of {', '.join(CONSISTENCY_LEVEL_NAMES)}."
-        )
+        raise ValueError(f"{ENVIRONMENT_PREFIX}{name}={consistency!r} is not a consistency level; use one of "
+                         f"{', '.join(CONSISTENCY_LEVEL_NAMES)}.")
+    return consistency
 
-    certificate_file = _existing_file(mapping, "CASSANDRA_TLS_CERT_FILE")
-    key_file = _existing_file(mapping, "CASSANDRA_TLS_KEY_FILE")
-    if (certificate_file is None) != (key_file is None):
-        raise ValueError("Set both MNIST_CASSANDRA_TLS_CERT_FILE and MNIST_CASSANDRA_TLS_KEY_FILE for client certificates, or neither.")
-    ca_file = _existing_file(mapping, "CASSANDRA_TLS_CA_FILE")
-    if certificate_file is not None and ca_file is None:
-        raise ValueError("A client certificate needs MNIST_CASSANDRA_TLS_CA_FILE too, to verify the server.")
 
-    api_key = _secret(mapping, "API_KEY", "API_KEY_FILE", strip=True)
+def _file(mapping: Mapping[str, str], name: str, default: None) -> pathlib.Path | None:
+    return _existing_file(mapping, name)
+
+
+def _password(mapping: Mapping[str, str], name: str, default: None) -> str | None:
+    return _secret(mapping, name, name + "_FILE", strip=False)
+
+
+def _api_key(mapping: Mapping[str, str], name: str, default: None) -> str | None:
+    api_key = _secret(mapping, name, name + "_FILE", strip=True)
     if api_key is not None:
         # The messages never repeat the key: they end up in logs.
         if len(api_key) < API_KEY_MINIMUM_LENGTH:
             raise ValueError(
-                f"MNIST_API_KEY must be at least {API_KEY_MINIMUM_LENGTH} characters long (it has {len(api_key)}); "
-                "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'."
-            )
+                f"{ENVIRONMENT_PREFIX}{name} must be at least {API_KEY_MINIMUM_LENGTH} characters long (it has "
+                f"{len(api_key)}); make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
         if not API_KEY_PATTERN.match(api_key):
-            raise ValueError("MNIST_API_KEY may hold only visible ASCII characters (no spaces), as it is sent in an HTTP header.")
+            raise ValueError(f"{ENVIRONMENT_PREFIX}{name} may hold only visible ASCII characters (no spaces), "
+                             "as it is sent in an HTTP header.")
+    return api_key
 
-    dashboard_password = _secret(mapping, "DASHBOARD_PASSWORD", "DASHBOARD_PASSWORD_FILE", strip=True)
-    if dashboard_password is not None and len(dashboard_password) < DASHBOARD_PASSWORD_MINIMUM_LENGTH:
-        raise ValueError(
-            f"MNIST_DASHBOARD_PASSWORD must be at least {DASHBOARD_PASSWORD_MINIMUM_LENGTH} characters long "
-            f"(it has {len(dashboard_password)})."
-        )
 
-    display_timezone = _text(mapping, "DISPLAY_TIMEZONE") or defaults.display_timezone
+def _dashboard_password(mapping: Mapping[str, str], name: str, default: None) -> str | None:
+    password = _secret(mapping, name, name + "_FILE", strip=True)
+    if password is not None and len(password) < DASHBOARD_PASSWORD_MINIMUM_LENGTH:
+        raise ValueError(f"{ENVIRONMENT_PREFIX}{name} must be at least {DASHBOARD_PASSWORD_MINIMUM_LENGTH} "
+                         f"characters long (it has {len(password)}).")
+    return password
+
+
+def _time_zone(mapping: Mapping[str, str], name: str, default: str) -> str:
+    zone_name = _text(mapping, name) or default
     try:
-        time_zones.zone(display_timezone)
+        time_zones.zone(zone_name)
     except ValueError as error:
-        raise ValueError(f"MNIST_DISPLAY_TIMEZONE: {error}") from None
+        raise ValueError(f"{ENVIRONMENT_PREFIX}{name}: {error}") from None
+    return zone_name
 
-    return Settings(
-        cassandra_contact_points=contact_points,
-        cassandra_port=_integer(mapping, "CASSANDRA_PORT", defaults.cassandra_port, minimum=1),
-        cassandra_keyspace=keyspace,
-        cassandra_replication=replication,
-        cassandra_datacenter=datacenter,
-        cassandra_username=username,
-        cassandra_password=password,
-        cassandra_tls_ca_file=ca_file,
-        cassandra_tls_certificate_file=certificate_file,
-        cassandra_tls_key_file=key_file,
-        cassandra_tls_verify_hostname=_boolean(mapping, "CASSANDRA_TLS_VERIFY_HOSTNAME", defaults.cassandra_tls_verify_hostname),
-        cassandra_consistency=consistency,
-        cassandra_request_timeout_seconds=_number(
-            mapping, "CASSANDRA_REQUEST_TIMEOUT", defaults.cassandra_request_timeout_seconds, minimum=0.1
-        ),
-        cassandra_connect_timeout_seconds=_number(
-            mapping, "CASSANDRA_CONNECT_TIMEOUT", defaults.cassandra_connect_timeout_seconds, minimum=0.1
-        ),
-        cassandra_connect_attempts=_integer(mapping, "CASSANDRA_CONNECT_ATTEMPTS", defaults.cassandra_connect_attempts, minimum=1),
-        cassandra_connect_retry_delay_seconds=_number(
-            mapping, "CASSANDRA_CONNECT_RETRY_DELAY", defaults.cassandra_connect_retry_delay_seconds, minimum=0.0
-        ),
-        data_dir=_path(mapping, "DATA_DIR", defaults.data_dir),
-        outbox_flush_interval_seconds=_number(
-            mapping, "OUTBOX_FLUSH_INTERVAL", defaults.outbox_flush_interval_seconds, minimum=0.05
-        ),
-        outbox_resend_window_seconds=_number(
-            mapping, "OUTBOX_RESEND_WINDOW", defaults.outbox_resend_window_seconds, minimum=0.0
-        ),
-        retention_days=_retention_days(mapping),
-        display_timezone=display_timezone,
-        model_path=_path(mapping, "MODEL_PATH", defaults.model_path),
-        confidence_threshold=_number(
-            mapping, "CONFIDENCE_THRESHOLD", defaults.confidence_threshold, minimum=0.0, maximum=1.0
-        ),
-        api_key=api_key,
-        dashboard_password=dashboard_password,
-    )
+
+def _at_least(read: Callable, minimum: float) -> Callable:
+    return lambda mapping, name, default: read(mapping, name, default, minimum=minimum)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One ``MNIST_*`` variable: the Settings field it fills and how its text is read.
+
+    A secret's ``*_FILE`` variable is declared with ``field=None``: its reader is the secret's.
+    The README's Settings table lists exactly these variables (tests/deployment/test_readme.py).
+    """
+
+    variable: str  # after the MNIST_ prefix
+    field: str | None
+    read: Callable[[Mapping[str, str], str, Any], Any] | None = None
+
+    @property
+    def environment_name(self) -> str:
+        return ENVIRONMENT_PREFIX + self.variable
+
+
+# Every setting, declared once: the parser, the image and compose checks and the README table
+# all come from here. Defaults are the Settings fields' own.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CASSANDRA_CONTACT_POINTS", "cassandra_contact_points", _contact_points),
+    Setting("CASSANDRA_PORT", "cassandra_port", _at_least(_integer, 1)),
+    Setting("CASSANDRA_KEYSPACE", "cassandra_keyspace", _keyspace),
+    Setting("CASSANDRA_REPLICATION", "cassandra_replication", _replication),
+    Setting("CASSANDRA_DATACENTER", "cassandra_datacenter", _plain_text),
+    Setting("CASSANDRA_USERNAME", "cassandra_username", _plain_text),
+    Setting("CASSANDRA_PASSWORD", "cassandra_password", _password),
+    Setting("CASSANDRA_PASSWORD_FILE", None),
+    Setting("CASSANDRA_TLS_CA_FILE", "cassandra_tls_ca_file", _file),
+    Setting("CASSANDRA_TLS_CERT_FILE", "cassandra_tls_certificate_file", _file),
+    Setting("CASSANDRA_TLS_KEY_FILE", "cassandra_tls_key_file", _file),
+    Setting("CASSANDRA_TLS_VERIFY_HOSTNAME", "cassandra_tls_verify_hostname", _boolean),
+    Setting("CASSANDRA_CONSISTENCY", "cassandra_consistency", _consistency),
+    Setting("CASSANDRA_REQUEST_TIMEOUT", "cassandra_request_timeout_seconds", _at_least(_number, 0.1)),
+    Setting("CASSANDRA_CONNECT_TIMEOUT", "cassandra_connect_timeout_seconds", _at_least(_number, 0.1)),
+    Setting("CASSANDRA_CONNECT_ATTEMPTS", "cassandra_connect_attempts", _at_least(_integer, 1)),
+    Setting("CASSANDRA_CONNECT_RETRY_DELAY", "cassandra_connect_retry_delay_seconds", _at_least(_number, 0.0)),
+    Setting("DATA_DIR", "data_dir", _path),
+    Setting("OUTBOX_FLUSH_INTERVAL", "outbox_flush_interval_seconds", _at_least(_number, 0.05)),
+    Setting("OUTBOX_RESEND_WINDOW", "outbox_resend_window_seconds", _at_least(_number, 0.0)),
+    Setting("RETENTION_DAYS", "retention_days", _retention_days),
+    Setting("DISPLAY_TIMEZONE", "display_timezone", _time_zone),
+    Setting("MODEL_PATH", "model_path", _path),
+    Setting("CONFIDENCE_THRESHOLD", "confidence_threshold",
+            lambda mapping, name, default: _number(mapping, name, default, minimum=0.0, maximum=1.0)),
+    Setting("API_KEY", "api_key", _api_key),
+    Setting("API_KEY_FILE", None),
+    Setting("DASHBOARD_PASSWORD", "dashboard_password", _dashboard_password),
+    Setting("DASHBOARD_PASSWORD_FILE", None),
+)
+
+
+def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
+    """Build and validate settings from ``MNIST_*`` keys; unknown keys are ignored, absent keys keep defaults."""
+    defaults = Settings()
+    values = {setting.field: setting.read(mapping, setting.variable, getattr(defaults, setting.field))
+              for setting in SETTINGS if setting.field is not None}
+    # The rules that tie settings together.
+    if (values["cassandra_username"] is None) != (values["cassandra_password"] is None):
+        raise ValueError("Set both MNIST_CASSANDRA_USERNAME and MNIST_CASSANDRA_PASSWORD, or neither.")
+    if (values["cassandra_tls_certificate_file"] is None) != (values["cassandra_tls_key_file"] is None):
+        raise ValueError("Set both MNIST_CASSANDRA_TLS_CERT_FILE and MNIST_CASSANDRA_TLS_KEY_FILE for client "
+                         "certificates, or neither.")
+    if values["cassandra_tls_certificate_file"] is not None and values["cassandra_tls_ca_file"] is None:
+        raise ValueError("A client certificate needs MNIST_CASSANDRA_TLS_CA_FILE too, to verify the server.")
+    return Settings(**values)
 
 
 def _streamlit_secrets() -> dict[str, str]:
