@@ -38,7 +38,12 @@ timeout "$seconds" bash -c '
 ' "$host" "$port" "$options_frame" 2>/dev/null && exit 0
 
 command -v openssl >/dev/null 2>&1 || exit 1
+# s_client sends the frame, prints what comes back and, because its input then ends
+# (-no_ign_eof after -quiet), closes the session and exits: the node keeps a quiet connection
+# open, so s_client would otherwise linger until the timeout killed it (and the probe with it).
+# The input stays open this long for the answer to arrive first.
+answer_wait="${CQL_PROBE_TLS_ANSWER_SECONDS:-2}"
 # shellcheck disable=SC2016
 timeout "$seconds" bash -c '
-    printf "$2" | openssl s_client -connect "$0:$1" -quiet 2>/dev/null | is_supported
-' "$host" "$port" "$options_frame" 2>/dev/null
+    { printf "$2"; sleep "$3"; } | openssl s_client -connect "$0:$1" -quiet -no_ign_eof 2>/dev/null | is_supported
+' "$host" "$port" "$options_frame" "$answer_wait" 2>/dev/null

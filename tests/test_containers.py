@@ -112,8 +112,9 @@ class Stack:
 
     def cql(self, statement: str, *, user: str = APP_USER, password: str | None = None,
             node: str = "cassandra", check: bool = True) -> subprocess.CompletedProcess:
-        """cqlsh inside a node's container, to that node, as the given role."""
-        return podman("exec", self.container(node), "cqlsh", "-u", user, "-p",
+        """cqlsh inside a node's container, to that node, as the given role: over TLS, as every
+        client must (the node refuses plain connections); not verified, it is the node's own loopback."""
+        return podman("exec", "-e", "SSL_VALIDATE=false", self.container(node), "cqlsh", "--ssl", "-u", user, "-p",
                       password if password is not None else self.password(), "-e", statement,
                       "127.0.0.1", "9042", check=check, timeout=120)
 

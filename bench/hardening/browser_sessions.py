@@ -187,6 +187,8 @@ class BrowserSession:
         """Draw the strokes with the mouse; whether they show on the canvas afterwards."""
         page = self.page
         box = await page.locator(f".st-key-draw_canvas_{generation} canvas").last.bounding_box()
+        if box is None:
+            return False  # the canvas went away meanwhile (the page is reconnecting): drawn again
         for stroke in strokes:
             x, y = stroke[0]
             await page.mouse.move(box["x"] + x, box["y"] + y)

@@ -91,7 +91,7 @@ def run_cql_probe(port: int) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(CQL_PROBE_SCRIPT), "127.0.0.1", str(port)],
         capture_output=True, timeout=30, check=False,
-        env={**os.environ, "CQL_PROBE_TIMEOUT_SECONDS": "2"},
+        env={**os.environ, "CQL_PROBE_TIMEOUT_SECONDS": "2", "CQL_PROBE_TLS_ANSWER_SECONDS": "0.5"},
     )
 
 
