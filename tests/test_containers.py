@@ -169,11 +169,14 @@ def stack(clean_clone_image, tmp_path_factory):
     make_secrets(secrets)
     single = Stack("mnist-test", 18591, secrets)
     single.down()
-    finished = single.up()
-    assert finished.returncode == 0, finished.stderr[-4000:]
-    print(f"\ncontainers: single node ready after {single.ready_seconds} s")
-    yield single
-    single.down()
+    try:
+        finished = single.up()
+        # A stack that did not come up is taken down too: its containers would load every later test.
+        assert finished.returncode == 0, finished.stderr[-4000:]
+        print(f"\ncontainers: single node ready after {single.ready_seconds} s")
+        yield single
+    finally:
+        single.down()
 
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
