@@ -32,10 +32,11 @@ import sys
 import tempfile
 import time
 
-from bench.storage import local_node, make_images, make_record, plain_cluster
+from bench.storage import local_node, make_images, make_record
 from mnist_core import history_figures
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore
+from tests.conftest import drop_keyspace
 
 KEYSPACE = "bench_history_scale"
 DAYS = 30
@@ -125,9 +126,7 @@ def main() -> int:
 
 def run(arguments: argparse.Namespace) -> int:
     generator = random.Random(20261204)
-    cleanup = plain_cluster()
-    cleanup.connect().execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
-    cleanup.shutdown()
+    drop_keyspace(KEYSPACE)
 
     store = PredictionStore(settings_from_mapping({
         "MNIST_CASSANDRA_KEYSPACE": KEYSPACE, "MNIST_DATA_DIR": tempfile.mkdtemp(prefix="bench-history-scale-"),
@@ -155,9 +154,7 @@ def run(arguments: argparse.Namespace) -> int:
     finally:
         store.close()
         if not arguments.keep:
-            cleanup = plain_cluster()
-            cleanup.connect().execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=300)
-            cleanup.shutdown()
+            drop_keyspace(KEYSPACE)
     output = {
         "small_predictions": arguments.small,
         "large_predictions": arguments.large,

@@ -30,6 +30,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, timeout_seconds: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_seconds``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_seconds)
+
+
 class AppProcess:
     """The dashboard and its API on 127.0.0.1:``port`` with the given MNIST_* settings; its log
     collects every run (each start appends), so a restart's start-up is in the same file."""
@@ -87,14 +97,8 @@ class AppProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period."""
-        if not self.running():
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        if self.running():
+            stop_process(self.process, STOP_TIMEOUT_SECONDS)
 
     def log_tail(self, characters: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-characters:]

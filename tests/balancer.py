@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.app_process import free_port
+from tests.app_process import free_port, stop_process
 from tests.conftest import REPOSITORY_ROOT
 
 SHIPPED_CONFIG = REPOSITORY_ROOT / "deploy" / "nginx.conf"
@@ -119,9 +119,4 @@ def running_balancer(replicas: dict[str, str], directory: pathlib.Path) -> Itera
             time.sleep(0.2)
         yield balancer
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, 10)
