@@ -32,9 +32,11 @@ import time
 from PIL import Image
 
 from bench.drawn_digits import digit_figures
-from bench.hardening.processes import REPOSITORY_ROOT, AppServer, CassandraNode
 from evaluation.canvas_layouts import draw_digit
 from evaluation.unipen import DEFAULT_PATH, DevelopmentSetMissing, read_unipen
+from harness import REPOSITORY_ROOT
+from harness.app_process import AppProcess
+from harness.cassandra_node import CassandraNode
 from mnist_core.inference import load_recognizer
 
 NODE = 8
@@ -48,7 +50,7 @@ def png_of(picture) -> bytes:
     return buffer.getvalue()
 
 
-def users_correct_the_app(app: AppServer, digits) -> dict:
+def users_correct_the_app(app: AppProcess, digits) -> dict:
     """Every user digit predicted through the API and then corrected with its true label."""
     counts = {"sent": 0, "stored": 0, "refused": 0, "feedback": 0, "read_right": 0}
     for index, digit in enumerate(digits):
@@ -95,7 +97,7 @@ def main(arguments: list[str] | None = None) -> int:
     figures: dict = {"user_digits": len(users), "held_out_digits": len(held_out)}
     started = time.monotonic()
     node.start()
-    app = AppServer(node=node, keyspace=keyspace, data_directory=work / "data", log_path=work / "app.log")
+    app = AppProcess(environment=node.app_environment(keyspace, work / "data"), log_path=work / "app.log")
     try:
         app.start()
         app.wait_until_serving()

@@ -33,10 +33,10 @@ import tempfile
 import time
 
 from bench.storage import local_node, make_images, make_record
+from harness.cassandra_node import drop_keyspace
 from mnist_core import history_figures
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore
-from tests.conftest import drop_keyspace
 
 KEYSPACE = "bench_history_scale"
 DAYS = 30

@@ -21,9 +21,9 @@ import subprocess
 import tempfile
 
 from bench.storage import CASSANDRA_SCRIPT, local_node, make_images, make_record
+from harness.cassandra_node import drop_keyspace
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore
-from tests.conftest import drop_keyspace
 
 KEYSPACE = "bench_partition_size"
 UTC = datetime.timezone.utc

@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from evaluation.drawings import drawn_digits
 from mnist_core.datasets import load_mnist
 from mnist_core.inference import load_recognizer
-from train.drawings import drawn_digits
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_RUNS = 20
@@ -146,7 +146,7 @@ def resident_megabytes(pid: int) -> float:
 
 
 def launch_server(keyspace: str, data_directory: Path, log_path: Path):
-    from tests.app_process import free_port
+    from harness.app_process import free_port
 
     port = free_port()
     # The bench's own server: no API key from the caller's environment (its polls send none).
@@ -184,14 +184,13 @@ def browser_figures(base_url: str, mnist, drawings: int) -> dict:
     """Median and spread of Predict click -> answer on screen over `drawings` digits."""
     from playwright.sync_api import sync_playwright
 
-    from tests.e2e.conftest import CHROMIUM_ARGUMENTS, CHROMIUM_PATH
-    from tests.e2e.strokes import ANSWER_TIMER_SCRIPT, digit_strokes, draw_strokes
+    from harness.chromium import launch_chromium
+    from harness.strokes import ANSWER_TIMER_SCRIPT, digit_strokes, draw_strokes
 
     idle = '[data-testid="stApp"][data-test-script-state="notRunning"]'
     seconds, in_page_seconds, answers = [], [], []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM_PATH), headless=True,
-                                             args=CHROMIUM_ARGUMENTS)
+        browser = launch_chromium(playwright)
         page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
         page.goto(f"{base_url}/", wait_until="domcontentloaded")
         page.wait_for_selector(idle, timeout=60_000)
@@ -272,7 +271,7 @@ def main() -> int:
                             server.kill()
                             server.wait(timeout=30)
             finally:
-                from tests.conftest import drop_keyspace
+                from harness.cassandra_node import drop_keyspace
 
                 drop_keyspace(keyspace)
             log_tail = (Path(directory) / "restart.log").read_text()[-2000:]

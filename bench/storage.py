@@ -39,10 +39,10 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import RoundRobinPolicy
 
 from bench.statistics_helpers import percentile
+from harness.stored_rows import day_slots
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionRecord, PredictionStore
 from mnist_core.storage.records import time_uuid
-from tests.stored_rows import day_slots
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CASSANDRA_SCRIPT = REPOSITORY_ROOT / "scripts" / "cassandra"

@@ -6,9 +6,10 @@ running Streamlit app, ``st.secrets`` (flat ``MNIST_*`` keys, or a ``[mnist]`` t
 may drop the prefix) is laid over them, so a deployment keeps its password out of the
 environment. Tests build settings from a plain dict with :func:`settings_from_mapping`.
 
-Each variable is declared once, in :data:`SETTINGS` (its name, the field it fills, its reader);
-the parser walks that table, and the tests check the image, compose and README's Settings table
-against it.
+Each variable is declared once, in :data:`SETTINGS` (its name, the field it fills, its reader,
+and its README row: the default as worded there and what it sets); the parser walks that table,
+the README's Settings table is rendered from it (``python -m mnist_core.settings`` prints it), and
+the tests check the image, compose and README against it.
 """
 
 from __future__ import annotations
@@ -349,54 +350,145 @@ def _at_least(read: Callable, minimum: float) -> Callable:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One ``MNIST_*`` variable: the Settings field it fills and how its text is read.
+    """One ``MNIST_*`` variable: the Settings field it fills, how its text is read, and its row
+    in the README's Settings table (the default as the README words it, and what it sets).
 
     A secret's ``*_FILE`` variable is declared with ``field=None``: its reader is the secret's.
-    The README's Settings table lists exactly these variables (tests/deployment/test_readme.py).
+    The README holds exactly :func:`settings_table` (tests/test_settings.py).
     """
 
     variable: str  # after the MNIST_ prefix
     field: str | None
     read: Callable[[Mapping[str, str], str, Any], Any] | None = None
+    # Markdown. A default in backquotes is the variable's text for the field's default value (the
+    # tests read it back through ``read``); unset or blank words mean the field defaults to None.
+    default_text: str = dataclasses.field(kw_only=True)
+    description: str = dataclasses.field(kw_only=True)
 
     @property
     def environment_name(self) -> str:
         return ENVIRONMENT_PREFIX + self.variable
 
+    def table_row(self) -> str:
+        return f"| `{self.environment_name}` | {self.default_text} | {self.description} |"
+
 
 # Every setting, declared once: the parser, the image and compose checks and the README table
-# all come from here. Defaults are the Settings fields' own.
+# all come from here. Defaults are the Settings fields' own; default_text is how the README says them.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("CASSANDRA_CONTACT_POINTS", "cassandra_contact_points", _contact_points),
-    Setting("CASSANDRA_PORT", "cassandra_port", _at_least(_integer, 1)),
-    Setting("CASSANDRA_KEYSPACE", "cassandra_keyspace", _keyspace),
-    Setting("CASSANDRA_REPLICATION", "cassandra_replication", _replication),
-    Setting("CASSANDRA_DATACENTER", "cassandra_datacenter", _plain_text),
-    Setting("CASSANDRA_USERNAME", "cassandra_username", _plain_text),
-    Setting("CASSANDRA_PASSWORD", "cassandra_password", _password),
-    Setting("CASSANDRA_PASSWORD_FILE", None),
-    Setting("CASSANDRA_TLS_CA_FILE", "cassandra_tls_ca_file", _file),
-    Setting("CASSANDRA_TLS_CERT_FILE", "cassandra_tls_certificate_file", _file),
-    Setting("CASSANDRA_TLS_KEY_FILE", "cassandra_tls_key_file", _file),
-    Setting("CASSANDRA_TLS_VERIFY_HOSTNAME", "cassandra_tls_verify_hostname", _boolean),
-    Setting("CASSANDRA_CONSISTENCY", "cassandra_consistency", _consistency),
-    Setting("CASSANDRA_REQUEST_TIMEOUT", "cassandra_request_timeout_seconds", _at_least(_number, 0.1)),
-    Setting("CASSANDRA_CONNECT_TIMEOUT", "cassandra_connect_timeout_seconds", _at_least(_number, 0.1)),
-    Setting("CASSANDRA_CONNECT_ATTEMPTS", "cassandra_connect_attempts", _at_least(_integer, 1)),
-    Setting("CASSANDRA_CONNECT_RETRY_DELAY", "cassandra_connect_retry_delay_seconds", _at_least(_number, 0.0)),
-    Setting("DATA_DIR", "data_dir", _path),
-    Setting("OUTBOX_FLUSH_INTERVAL", "outbox_flush_interval_seconds", _at_least(_number, 0.05)),
-    Setting("OUTBOX_RESEND_WINDOW", "outbox_resend_window_seconds", _at_least(_number, 0.0)),
-    Setting("RETENTION_DAYS", "retention_days", _retention_days),
-    Setting("DISPLAY_TIMEZONE", "display_timezone", _time_zone),
-    Setting("MODEL_PATH", "model_path", _path),
+    Setting("CASSANDRA_CONTACT_POINTS", "cassandra_contact_points", _contact_points,
+            default_text="`127.0.0.1`",
+            description="Cassandra hosts, comma-separated (at least one)"),
+    Setting("CASSANDRA_PORT", "cassandra_port", _at_least(_integer, 1),
+            default_text="`9042`",
+            description="CQL port"),
+    Setting("CASSANDRA_KEYSPACE", "cassandra_keyspace", _keyspace,
+            default_text="`mnist`",
+            description=("keyspace, created with the schema at start-up; a letter, then at most 47 letters, digits "
+                         "or underscores")),
+    Setting("CASSANDRA_REPLICATION", "cassandra_replication", _replication,
+            default_text="`1` (SimpleStrategy, one replica)",
+            description=("replication used when the keyspace is created: `1`, `SimpleStrategy:1`, `datacenter1=3` or "
+                         "`NetworkTopologyStrategy:datacenter1=3,datacenter2=2`")),
+    Setting("CASSANDRA_DATACENTER", "cassandra_datacenter", _plain_text,
+            default_text="`datacenter1`",
+            description="the local datacenter the driver sends requests to"),
+    Setting("CASSANDRA_USERNAME", "cassandra_username", _plain_text,
+            default_text="unset (no authentication)",
+            description="role to log in with; set together with the password, or neither"),
+    Setting("CASSANDRA_PASSWORD", "cassandra_password", _password,
+            default_text="unset",
+            description="that role's password"),
+    Setting("CASSANDRA_PASSWORD_FILE", None,
+            default_text="unset",
+            description=("a file whose first line is `MNIST_CASSANDRA_PASSWORD` (compose mounts its secrets this "
+                         "way); an empty file is unset, one that cannot be read stops start-up; not together with "
+                         "`MNIST_CASSANDRA_PASSWORD`")),
+    Setting("CASSANDRA_TLS_CA_FILE", "cassandra_tls_ca_file", _file,
+            default_text="unset (no TLS)",
+            description="CA certificate file; setting it turns TLS on and verifies the server"),
+    Setting("CASSANDRA_TLS_CERT_FILE", "cassandra_tls_certificate_file", _file,
+            default_text="unset",
+            description="client certificate file (with the key file and the CA file)"),
+    Setting("CASSANDRA_TLS_KEY_FILE", "cassandra_tls_key_file", _file,
+            default_text="unset",
+            description="client certificate's private key file"),
+    Setting("CASSANDRA_TLS_VERIFY_HOSTNAME", "cassandra_tls_verify_hostname", _boolean,
+            default_text="`true`",
+            description=("check the server's host name against its certificate (`true`/`false`, `1`/`0`, `yes`/`no`, "
+                         "`on`/`off`)")),
+    Setting("CASSANDRA_CONSISTENCY", "cassandra_consistency", _consistency,
+            default_text="`LOCAL_QUORUM`",
+            description=("consistency of every read and write: `ONE`, `TWO`, `THREE`, `QUORUM`, `ALL`, "
+                         "`LOCAL_QUORUM`, `EACH_QUORUM`, `LOCAL_ONE` (not `ANY`: Cassandra cannot read at it)")),
+    Setting("CASSANDRA_REQUEST_TIMEOUT", "cassandra_request_timeout_seconds", _at_least(_number, 0.1),
+            default_text="`5.0`",
+            description="seconds one request may take (at least 0.1)"),
+    Setting("CASSANDRA_CONNECT_TIMEOUT", "cassandra_connect_timeout_seconds", _at_least(_number, 0.1),
+            default_text="`3.0`",
+            description="seconds to connect to a host (at least 0.1)"),
+    Setting("CASSANDRA_CONNECT_ATTEMPTS", "cassandra_connect_attempts", _at_least(_integer, 1),
+            default_text="`3`",
+            description="connection attempts at start-up before working offline (at least 1)"),
+    Setting("CASSANDRA_CONNECT_RETRY_DELAY", "cassandra_connect_retry_delay_seconds", _at_least(_number, 0.0),
+            default_text="`1.0`",
+            description="seconds before the second attempt, growing with each attempt (delay × attempt number)"),
+    Setting("DATA_DIR", "data_dir", _path,
+            default_text="`.data` (`/data` in the image)",
+            description=("folder of the outbox, `outbox.sqlite3`, which keeps readings while Cassandra is "
+                         "unreachable")),
+    Setting("OUTBOX_FLUSH_INTERVAL", "outbox_flush_interval_seconds", _at_least(_number, 0.05),
+            default_text="`2.0`",
+            description="seconds between attempts to reconnect and send the outbox (at least 0.05)"),
+    Setting("OUTBOX_RESEND_WINDOW", "outbox_resend_window_seconds", _at_least(_number, 0.0),
+            default_text="`15.0`",
+            description=("when a Cassandra node comes back after going down, writes it acknowledged this many "
+                         "seconds before it went down are sent again (a killed node loses what it had not synced to "
+                         "its commit log; 0 turns this off)")),
+    Setting("RETENTION_DAYS", "retention_days", _retention_days,
+            default_text="(blank: forever)",
+            description=("raw prediction rows (input, digit, correction) expire this many days after each prediction "
+                         "was made, 1 to 7300; the History rollups are kept (see Cassandra)")),
+    Setting("DISPLAY_TIMEZONE", "display_timezone", _time_zone,
+            default_text="`UTC`",
+            description=("default time zone of the History page and `/api/stats` (an IANA name such as "
+                         "`Europe/Paris`)")),
+    Setting("MODEL_PATH", "model_path", _path,
+            default_text="`models/mnist_cnn.tflite`",
+            description=("the model (a `.tflite` runs on LiteRT; a `.keras` file also works but imports TensorFlow); "
+                         "its card is read from the `.card.json` next to it")),
     Setting("CONFIDENCE_THRESHOLD", "confidence_threshold",
-            lambda mapping, name, default: _number(mapping, name, default, minimum=0.0, maximum=1.0)),
-    Setting("API_KEY", "api_key", _api_key),
-    Setting("API_KEY_FILE", None),
-    Setting("DASHBOARD_PASSWORD", "dashboard_password", _dashboard_password),
-    Setting("DASHBOARD_PASSWORD_FILE", None),
+            lambda mapping, name, default: _number(mapping, name, default, minimum=0.0, maximum=1.0),
+            default_text="`0.6`",
+            description='below this confidence the Draw page says "not sure" (0 to 1)'),
+    Setting("API_KEY", "api_key", _api_key,
+            default_text="unset (API open)",
+            description=("when set, `/api/predict`, `/api/feedback` and `/api/stats` answer 401 unless the request "
+                         "sends it as `X-API-Key` or `Authorization: Bearer <key>`; at least 16 visible ASCII "
+                         "characters")),
+    Setting("API_KEY_FILE", None,
+            default_text="unset",
+            description=("a file whose first line is `MNIST_API_KEY` (compose mounts its secrets this way); an empty "
+                         "file is unset, one that cannot be read stops start-up; not together with `MNIST_API_KEY`")),
+    Setting("DASHBOARD_PASSWORD", "dashboard_password", _dashboard_password,
+            default_text="unset (pages open)",
+            description=("when set, every page asks for it before it shows anything (see Security); at least 8 "
+                         "characters")),
+    Setting("DASHBOARD_PASSWORD_FILE", None,
+            default_text="unset",
+            description=("a file whose first line is `MNIST_DASHBOARD_PASSWORD` (compose mounts its secrets this "
+                         "way); an empty file is unset, one that cannot be read stops start-up; not together with "
+                         "`MNIST_DASHBOARD_PASSWORD`")),
 )
+
+
+SETTINGS_TABLE_HEADER = ("| variable | default | what it sets |", "| --- | --- | --- |")
+
+
+def settings_table() -> str:
+    """The README's Settings table (markdown, one row per variable in SETTINGS order), as
+    ``python -m mnist_core.settings`` prints it."""
+    return "\n".join([*SETTINGS_TABLE_HEADER, *(setting.table_row() for setting in SETTINGS)]) + "\n"
 
 
 def settings_from_mapping(mapping: Mapping[str, str]) -> Settings:
@@ -468,3 +560,8 @@ def get_settings() -> Settings:
     mapping = {key: value for key, value in os.environ.items() if key.startswith(ENVIRONMENT_PREFIX)}
     mapping.update(_streamlit_secrets())
     return settings_from_mapping(mapping)
+
+
+if __name__ == "__main__":
+    # python -m mnist_core.settings: the Settings table to paste into README.md.
+    sys.stdout.write(settings_table())

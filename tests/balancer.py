@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.app_process import free_port, stop_process
+from harness.app_process import free_port, stop_process
 from tests.conftest import REPOSITORY_ROOT
 
 SHIPPED_CONFIG = REPOSITORY_ROOT / "deploy" / "nginx.conf"

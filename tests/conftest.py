@@ -3,7 +3,8 @@
 The session starts the local node through ``scripts/cassandra start`` (a no-op when it already
 answers) and stops it at the end only if this session started it. Each test module gets its
 own keyspace with a random name, so modules never see each other's rows, and each test its
-own outbox directory.
+own outbox directory. The pieces benchmarks use too (a plain driver cluster, DROP KEYSPACE, the
+app process, the browser) live in harness/; the fixtures here wrap them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from harness.cassandra_node import drop_keyspace, plain_cluster
 from mnist_core.settings import Settings, settings_from_mapping
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,15 +65,6 @@ def cassandra_node() -> Iterator[str]:
     yield "127.0.0.1"
     if started_here:
         stop_node()
-
-
-def drop_keyspace(keyspace: str) -> None:
-    """DROP KEYSPACE IF EXISTS through a plain driver session (tests and benchmarks clean up with it)."""
-    cluster = plain_cluster()
-    try:
-        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
-    finally:
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -167,23 +160,9 @@ def make_record():
     return build_record
 
 
-def plain_cluster(address: str = "127.0.0.1", **options):
-    """A driver Cluster built without the code under test, reconnecting quickly after an outage test."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import ConstantReconnectionPolicy, RoundRobinPolicy
-
-    return Cluster(
-        [address],
-        protocol_version=5,
-        execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=RoundRobinPolicy())},
-        reconnection_policy=ConstantReconnectionPolicy(delay=0.5, max_attempts=None),
-        **options,
-    )
-
-
 @pytest.fixture(name="plain_cluster", scope="session")
 def plain_cluster_fixture():
-    """Builds independent driver clusters (see plain_cluster)."""
+    """Builds independent driver clusters (see harness.cassandra_node.plain_cluster)."""
     return plain_cluster
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.drawings import centre_line, draw_on_canvas
+from evaluation.drawings import centre_line, draw_on_canvas
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 

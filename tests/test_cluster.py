@@ -30,17 +30,17 @@ from cassandra.policies import ConstantReconnectionPolicy, RoundRobinPolicy, Whi
 from cassandra.query import SimpleStatement
 from playwright.async_api import async_playwright
 
-from bench.hardening.accounting import account
-from bench.hardening.api_load import ApiResult, send_one
-from bench.hardening.browser_sessions import IDLE_SELECTOR, BrowserSession
-from bench.hardening.pictures import browser_drawings, digit_pictures, png_bytes
-
+from harness.accounting import account
+from harness.api_load import ApiResult, send_one
+from harness.app_process import SHIPPED_MODEL_PATH, AppProcess
+from harness.browser_sessions import IDLE_SELECTOR, BrowserSession
+from harness.chromium import launch_chromium
+from harness.pictures import browser_drawings, digit_pictures, png_bytes
+from harness.stored_rows import day_slots
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import PredictionStore, StoreOutcome
-from tests.app_process import AppProcess, free_port
 from tests.balancer import ROUTE_COOKIE, Balancer, running_balancer
-from tests.e2e.conftest import CHROMIUM_ARGUMENTS, CHROMIUM_PATH, app_is_serving, get_json
-from tests.stored_rows import day_slots
+from tests.e2e.conftest import app_failures_fail_the_test, app_is_serving, get_json
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow, pytest.mark.cluster]
 
@@ -302,8 +302,7 @@ class ReplicaLossRun:
 
     async def run(self) -> None:
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM_PATH), headless=True,
-                                                       args=CHROMIUM_ARGUMENTS)
+            browser = await launch_chromium(playwright)
             for replica, routes in self.routes.items():
                 for route in routes:
                     cookie = {"name": ROUTE_COOKIE, "value": route, "url": self.balancer.base_url}
@@ -324,9 +323,11 @@ class ReplicaLossRun:
         while self._ready < len(self.sessions):
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)  # every session is in the middle of its next attempt
-        await asyncio.get_running_loop().run_in_executor(None, self.kill)
+        # The kill's moment is when SIGKILL is sent, not when the process has been reaped: a page
+        # may reconnect to the survivor, or fail an attempt, in between.
         self.killed_at = time.monotonic()
         self._killed.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.kill)
 
     async def _session_loop(self, run: SessionRun) -> None:
         doomed = run.replica == self.doomed_address
@@ -402,16 +403,18 @@ def test_two_replicas_behind_nginx_lose_nothing_when_one_is_killed(three_nodes, 
                                    background=False)
     schema_store.connect()
     schema_store.close()
-    replicas = {name: AppProcess(port=free_port(), log_path=tmp_path / f"{name}.log",
-                                 environment=replica_environment(three_nodes, tmp_path / f"{name}-data"))
-                for name in REPLICA_NAMES}
+    with app_failures_fail_the_test():
+        replicas = {name: AppProcess(log_path=tmp_path / f"{name}.log", model_path=SHIPPED_MODEL_PATH,
+                                     environment=replica_environment(three_nodes, tmp_path / f"{name}-data"))
+                    for name in REPLICA_NAMES}
     addresses = {name: f"127.0.0.1:{app.port}" for name, app in replicas.items()}
     checker, session = checking_session(three_nodes)
     try:
         for app in replicas.values():
             app.start()
-        for app in replicas.values():
-            app.wait_until(app_is_serving)
+        with app_failures_fail_the_test():
+            for app in replicas.values():
+                app.wait_until(app_is_serving)
         with running_balancer(addresses, tmp_path / "nginx") as balancer:
             routes = balancer.routes_per_replica(list(addresses.values()), SESSIONS_PER_REPLICA)
             drawings = browser_drawings(mnist, first=0, count=12)
@@ -423,9 +426,10 @@ def test_two_replicas_behind_nginx_lose_nothing_when_one_is_killed(three_nodes, 
 
             # The killed replica comes back on its port and outbox, and sends what it had accepted.
             replicas[DOOMED].start()
-            for app in replicas.values():
-                app.wait_until(lambda base_url: app_is_serving(base_url) and get_json(
-                    f"{base_url}/api/health")[1]["storage"]["pending"] == 0)
+            with app_failures_fail_the_test():
+                for app in replicas.values():
+                    app.wait_until(lambda base_url: app_is_serving(base_url) and get_json(
+                        f"{base_url}/api/health")[1]["storage"]["pending"] == 0)
 
             survivors = [sessions for sessions in run.sessions if sessions.replica != addresses[DOOMED]]
             doomed = [sessions for sessions in run.sessions if sessions.replica == addresses[DOOMED]]

@@ -15,9 +15,9 @@ import re
 
 import pytest
 
+from harness.stored_rows import slot_of
 from mnist_core.settings import Replication, settings_from_mapping
 from tests.conftest import REPOSITORY_ROOT, build_record
-from tests.stored_rows import slot_of
 
 HOSTILE_TEXTS = (
     "'); DROP TABLE predictions_by_day; --",

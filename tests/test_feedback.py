@@ -14,9 +14,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from harness.stored_rows import slot_of
 from mnist_core import feedback, rest_api
 from mnist_core.storage import StoreOutcome
-from tests.stored_rows import slot_of
 
 pytestmark = pytest.mark.cassandra
 

@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+from harness.bad_inputs import PNG_SIGNATURE, png_file
 from mnist_core.preprocess import MAX_DIGITS, MAX_INPUT_PIXELS, MAX_INPUT_SIDE, MODEL_SIDE, ImageDecodeError, load_image, preprocess
 
 # Damaged files make Pillow warn (corrupt EXIF, truncated TIFF tags, bomb-sized headers): expected here.
@@ -238,23 +239,6 @@ def damaged(draw, files: st.SearchStrategy[bytes]) -> bytes:
 # ---------------------------------------------------------------------------------------
 # Files written field by field: PNG headers of any size and depth, and decompression bombs
 # ---------------------------------------------------------------------------------------
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def png_file(width: int, height: int, *, bit_depth: int = 1, colour_type: int = 0, interlace: int = 0,
-             pixel_data: bytes | None = None) -> bytes:
-    """A PNG with a well-formed IHDR (valid CRCs), so its declared size is believed by the decoder."""
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace)
-    chunks = [png_chunk(b"IHDR", header)]
-    if pixel_data is not None:
-        chunks.append(png_chunk(b"IDAT", pixel_data))
-    chunks.append(png_chunk(b"IEND", b""))
-    return PNG_SIGNATURE + b"".join(chunks)
 
 
 def blank_one_bit_rows(width: int, height: int) -> bytes:

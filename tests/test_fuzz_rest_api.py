@@ -30,6 +30,8 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from evaluation.drawings import redraw
+from harness.bad_inputs import multipart_body
 from mnist_core import readings, rest_api
 from tests.test_fuzz_preprocess import (
     CASE_TIME_LIMIT_SECONDS,
@@ -40,7 +42,6 @@ from tests.test_fuzz_preprocess import (
     image_inputs,
     time_limit,
 )
-from train.drawings import redraw
 
 pytestmark = [
     pytest.mark.cassandra,
@@ -88,16 +89,6 @@ class FuzzRequest:
 # ---------------------------------------------------------------------------------------
 # Requests
 # ---------------------------------------------------------------------------------------
-
-
-def multipart_body(parts: list[tuple[str, str | None, str | None, bytes]], boundary: bytes) -> bytes:
-    """A multipart/form-data body from (field name, file name or None, content type or None, data) parts."""
-    pieces = []
-    for name, file_name, content_type, data in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{file_name}"' if file_name is not None else "")
-        head = f"Content-Disposition: {disposition}\r\n" + (f"Content-Type: {content_type}\r\n" if content_type else "")
-        pieces.append(b"--" + boundary + b"\r\n" + head.encode() + b"\r\n" + data + b"\r\n")
-    return b"".join(pieces) + b"--" + boundary + b"--\r\n"
 
 
 header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)

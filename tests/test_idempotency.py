@@ -16,9 +16,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from harness.stored_rows import day_slots
 from mnist_core import idempotency, rest_api
 from tests.test_rest_api import digit_pngs, png_bytes
-from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
+from evaluation.drawings import centre_line, draw_on_canvas
 from mnist_core.model import ARCHITECTURES, build_model
 from mnist_core.networks import KerasNetwork, LiteRtNetwork, ModelFileError, load_network
-from train.drawings import centre_line, draw_on_canvas
 from train.export import export_litert, file_digest
 from tests.conftest import REPOSITORY_ROOT
 

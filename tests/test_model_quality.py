@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.drawings import redraw
 from mnist_core.segmentation import segment
-from train.drawings import redraw
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 CARD = REPOSITORY_ROOT / "models" / "mnist_cnn.card.json"

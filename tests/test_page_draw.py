@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from evaluation.drawings import CANVAS_SIDE, redraw
 from tests.conftest import REPOSITORY_ROOT, chart_with_columns
-from train.drawings import CANVAS_SIDE, redraw
 
 pytestmark = pytest.mark.cassandra
 

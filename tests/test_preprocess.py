@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation.drawings import CANVAS_SIDE, centre_line, draw_on_canvas
 from mnist_core.preprocess import (ImageDecodeError, MODEL_SIDE, ink_map, load_image,
                                    preprocess)
-from train.drawings import CANVAS_SIDE, centre_line, draw_on_canvas
 
 
 def canvas_drawing(digit_image: np.ndarray, *, height: int = 200, top: int = 30,

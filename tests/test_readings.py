@@ -3,7 +3,7 @@
 The History figures are tests/test_history_figures.py.
 
 The recognizer is the shipped model; pictures are MNIST test digits redrawn as canvas strokes
-(train/drawings.py), so these are the same inputs the Draw page gets.
+(evaluation/drawings.py), so these are the same inputs the Draw page gets.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evaluation.drawings import CANVAS_SIDE, redraw
+from harness.stored_rows import slot_of
 from mnist_core import answer_wording, readings
 from mnist_core.storage import StoreOutcome
-from train.drawings import CANVAS_SIDE, redraw
-from tests.stored_rows import slot_of
 
 pytestmark = pytest.mark.cassandra
 

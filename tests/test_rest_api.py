@@ -15,9 +15,9 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from evaluation.drawings import redraw
+from harness.stored_rows import day_slots
 from mnist_core import rest_api
-from train.drawings import redraw
-from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 
@@ -48,7 +48,7 @@ def digit_pngs(recognizer, mnist, count: int, seed: int) -> list[bytes]:
     """`count` MNIST test digits redrawn filling the canvas, as dark-on-light PNGs, that the model
     reads as a digit: storage tests need readings to store (a redraw whose skeleton grew spurs may
     be refused as not a digit, which the model-quality tests count)."""
-    from train.drawings import redraw
+    from evaluation.drawings import redraw
 
     random = np.random.default_rng(seed)
     bodies = []

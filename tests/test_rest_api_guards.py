@@ -142,7 +142,7 @@ def digit_png(mnist) -> bytes:
 
     from PIL import Image
 
-    from train.drawings import redraw
+    from evaluation.drawings import redraw
 
     canvas = redraw(mnist.test_images[0], "fill", np.random.default_rng(1))
     buffer = io.BytesIO()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import re
+import sys
 
 import pytest
 
@@ -128,8 +130,9 @@ def test_get_settings_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch
 
 def test_streamlit_secrets_are_ignored_outside_a_running_app() -> None:
     # Importing streamlit is not the same as running inside an app: no overlay, no error.
-    import streamlit  # noqa: F401
+    import streamlit
 
+    assert "streamlit" in sys.modules and streamlit.__name__ == "streamlit"
     assert settings_module._streamlit_secrets() == {}
 
 
@@ -184,3 +187,73 @@ def test_a_secret_file_that_cannot_be_read_stops_start_up(mapping, message) -> N
 
     with pytest.raises(ValueError, match=message):
         settings_from_mapping(mapping)
+
+
+# --- The README's Settings table, rendered from SETTINGS ------------------------------------
+
+
+def _readme_settings_table() -> str:
+    """The table in README's Settings section: from its header row to the first line that is not a row."""
+    readme = (REPOSITORY_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Settings\n"):]
+    section = section[:section.find("\n## ", 1)]
+    lines = section.splitlines()
+    start = lines.index(settings_module.SETTINGS_TABLE_HEADER[0])
+    end = next((index for index in range(start, len(lines)) if not lines[index].startswith("|")), len(lines))
+    return "\n".join(lines[start:end]) + "\n"
+
+
+def test_the_readme_holds_exactly_the_table_rendered_from_the_declarations() -> None:
+    # A setting added, removed, reordered or reworded in SETTINGS without the README (or the
+    # other way round) fails here; `python -m mnist_core.settings` prints the table to paste.
+    assert _readme_settings_table() == settings_module.settings_table(), \
+        "README's Settings table differs from `python -m mnist_core.settings`"
+
+
+def test_every_declared_setting_has_a_row_and_rows_are_one_line_each() -> None:
+    table = settings_module.settings_table().splitlines()
+    assert table[:2] == list(settings_module.SETTINGS_TABLE_HEADER)
+    assert len(table) == 2 + len(settings_module.SETTINGS)
+    for setting, row in zip(settings_module.SETTINGS, table[2:]):
+        assert row.startswith(f"| `{setting.environment_name}` | "), row
+        for text in (setting.default_text, setting.description):
+            assert text.strip() and text == text.strip(), setting
+            assert "|" not in text and "\n" not in text, f"{setting.variable}: a row holds no | and no line break"
+
+
+_UNSET_WORDS = ("unset", "(blank")
+_NOT_A_DEFAULT = object()
+
+
+@pytest.mark.parametrize("setting", [setting for setting in settings_module.SETTINGS if setting.field is not None],
+                         ids=lambda setting: setting.variable)
+def test_the_documented_default_is_the_fields_default(setting) -> None:
+    """The README's default, read as the variable's text, gives the Settings field's own default."""
+    default = getattr(settings_module.Settings(), setting.field)
+    quoted = re.match(r"`([^`]*)`", setting.default_text)
+    if quoted is None:
+        assert setting.default_text.startswith(_UNSET_WORDS), setting.default_text
+        assert default is None, f"{setting.variable}: documented as unset, but the field defaults to {default!r}"
+        return
+    text = quoted.group(1)
+    assert setting.read({setting.environment_name: text}, setting.variable, _NOT_A_DEFAULT) == default, text
+    # Numbers and booleans are written exactly as Python would print the default.
+    if isinstance(default, bool):
+        assert text == str(default).lower()
+    elif isinstance(default, (int, float)):
+        assert text == str(default)
+
+
+def test_file_variables_are_documented_as_unset() -> None:
+    for setting in settings_module.SETTINGS:
+        if setting.field is None:
+            assert setting.default_text.startswith("unset"), setting
+
+
+def test_the_image_default_the_readme_names_is_the_dockerfiles() -> None:
+    from tests.deployment.image_files import dockerfile_environment
+
+    image = dockerfile_environment()
+    for setting in settings_module.SETTINGS:
+        for value in re.findall(r"`([^`]*)` in the image", setting.default_text):
+            assert image.get(setting.environment_name) == value, setting.variable

@@ -10,8 +10,8 @@ import zoneinfo
 
 import pytest
 
+from harness.stored_rows import day_slots
 from mnist_core.storage import PredictionStore, StoreOutcome
-from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 

@@ -21,13 +21,13 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from evaluation.drawings import redraw
+from harness.stored_rows import day_slots
 from mnist_core import rest_api
 from mnist_core.storage import PredictionStore
 from tests.conftest import plain_cluster
 from tests.test_rest_api import digit_pngs
 from tests.test_storage_kill import daemon_pid
-from train.drawings import redraw
-from tests.stored_rows import day_slots
 
 OPERATOR_KEY = "operator-key-for-the-health-details"
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]

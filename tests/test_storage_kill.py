@@ -19,10 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.stored_rows import day_slots
 from mnist_core.storage import PredictionStore
 from mnist_core.storage.records import time_uuid
 from tests.conftest import REPOSITORY_ROOT, plain_cluster, run_cassandra_script, start_node, stop_node
-from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 

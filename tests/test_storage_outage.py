@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from harness.stored_rows import day_slots
 from mnist_core.storage import PredictionRecord, PredictionStore, StorageUnavailable, StoreOutcome
-from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 

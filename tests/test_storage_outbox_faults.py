@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from harness.stored_rows import day_slots
 from mnist_core.storage import PredictionStore, outbox
 from mnist_core.storage.connection import target_name
-from tests.stored_rows import day_slots
 
 pytestmark = pytest.mark.cassandra
 

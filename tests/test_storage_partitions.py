@@ -8,11 +8,11 @@ import time
 
 import pytest
 
+from harness.stored_rows import slot_of
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import migrations, partition_move, range_reads
 from mnist_core.storage.retention import Retention
 from tests.conftest import plain_cluster
-from tests.stored_rows import slot_of
 
 pytestmark = pytest.mark.cassandra
 UTC = datetime.timezone.utc

@@ -98,7 +98,7 @@ def test_the_draw_page_answers_and_its_sidebar_names_the_host(app_settings, fake
     from streamlit.testing.v1 import AppTest
 
     from tests.conftest import REPOSITORY_ROOT, _forget_process_storage
-    from train.drawings import redraw
+    from evaluation.drawings import redraw
 
     monkeypatch.setenv("MNIST_CASSANDRA_CONTACT_POINTS", GONE)
     monkeypatch.setenv("MNIST_CASSANDRA_CONNECT_ATTEMPTS", "1")

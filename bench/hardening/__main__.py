@@ -19,13 +19,15 @@ import tempfile
 import time
 
 from bench import hardening
-from bench.hardening.accounting import account
 from bench.hardening.bad_inputs import run_bad_input
 from bench.hardening.faults import run_restart_fault
 from bench.hardening.load import run_load
-from bench.hardening.pictures import browser_drawings, digit_pictures, png_bytes
-from bench.hardening.processes import APP_START_TIMEOUT_SECONDS, AppServer, CassandraNode, git_state
+from bench.hardening.processes import git_state
 from bench.hardening.report import say
+from harness.accounting import account
+from harness.app_process import START_TIMEOUT_SECONDS, AppProcess
+from harness.cassandra_node import CassandraNode
+from harness.pictures import browser_drawings, digit_pictures, png_bytes
 from mnist_core.datasets import load_mnist
 
 
@@ -72,7 +74,7 @@ def main() -> int:
     figures: dict = {}
     expected = {"api": set(), "canvas": set(), "queued": set(), "fault": set(), "unknown_api": 0, "unknown_canvas": 0}
     node_was_running = False
-    app: AppServer | None = None
+    app: AppProcess | None = None
     run_started = time.monotonic()
     failure: BaseException | None = None
 
@@ -93,13 +95,13 @@ def main() -> int:
             say(f"node {node.number} already answers; using it (and leaving it running)")
         else:
             say(f"node {node.number} started in {node.start():.0f} s")
-        app = AppServer(node=node, keyspace=keyspace, data_directory=data_directory, log_path=log_path,
-                        streamlit_options=arguments.streamlit_option,
-                        api_key=secrets.token_urlsafe(24) if arguments.secured else None,
-                        dashboard_password=secrets.token_urlsafe(12) if arguments.secured else None)
+        app = AppProcess(environment=node.app_environment(keyspace, data_directory), log_path=log_path,
+                         streamlit_options=arguments.streamlit_option,
+                         api_key=secrets.token_urlsafe(24) if arguments.secured else None,
+                         dashboard_password=secrets.token_urlsafe(12) if arguments.secured else None)
         app.start()
         serving = app.wait_until_serving()
-        connected = app.wait_until_drained(APP_START_TIMEOUT_SECONDS)
+        connected = app.wait_until_drained(START_TIMEOUT_SECONDS)
         if connected is None:
             raise RuntimeError(f"The app never reported storage connected; see {log_path}.")
         say(f"app (pid {app.pid}) serving on {app.base_url} in {serving:.1f} s, storage connected")

@@ -20,20 +20,15 @@ import httpx2
 import numpy as np
 from PIL import Image
 
-from bench.hardening.pictures import encoded, png_bytes
-from bench.hardening.processes import (
-    RSS_SAMPLE_SECONDS,
-    AppServer,
-    CassandraNode,
-    RssSampler,
-    log_size,
-    tracebacks_in_log,
-)
+from bench.hardening.processes import RSS_SAMPLE_SECONDS, RssSampler, log_size, tracebacks_in_log
 from bench.hardening.report import say
+from harness.app_process import AppProcess
+from harness.bad_inputs import PNG_SIGNATURE, multipart_body, png_chunk, png_file
+from harness.cassandra_node import CassandraNode
+from harness.pictures import encoded, png_bytes
 
 FUZZ_CLIENT_TIMEOUT_SECONDS = 120.0
 RAW_RESPONSE_WAIT_SECONDS = 5.0
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
@@ -60,10 +55,6 @@ class BadInputResult:
     prediction_id: str | None = None
 
 
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
 def blank_png(width: int, height: int, *, bit_depth: int, colour_type: int, channels: int) -> bytes:
     """A complete PNG of zeros, compressed row by row so no full-size image is ever held in memory."""
     row = b"\x00" * (1 + (width * channels * bit_depth + 7) // 8)
@@ -75,8 +66,7 @@ def blank_png(width: int, height: int, *, bit_depth: int, colour_type: int, chan
         parts.append(compressor.compress(row * rows))
         remaining -= rows
     parts.append(compressor.flush())
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"".join(parts)) + png_chunk(b"IEND", b"")
+    return png_file(width, height, bit_depth=bit_depth, colour_type=colour_type, pixel_data=b"".join(parts))
 
 
 def png_chunk_spans(data: bytes) -> list[tuple[bytes, int, int]]:
@@ -88,18 +78,6 @@ def png_chunk_spans(data: bytes) -> list[tuple[bytes, int, int]]:
         spans.append((kind, position + 8, position + 8 + length))
         position += 12 + length
     return spans
-
-
-def multipart(parts: list[tuple[str, str | None, bytes, str | None]], boundary: str, *, terminated: bool = True) -> bytes:
-    """A multipart/form-data body from (field name, file name or None, content, content type or None)."""
-    lines = []
-    for name, filename, content, content_type in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-        if content_type:
-            head += f"Content-Type: {content_type}\r\n"
-        lines.append(head.encode() + b"\r\n" + content + b"\r\n")
-    return b"".join(lines) + (f"--{boundary}--\r\n".encode() if terminated else b"")
 
 
 class BadInputs:
@@ -240,27 +218,27 @@ class BadInputs:
 
     def multipart_without_file(self) -> BadInput:
         boundary = self._boundary()
-        body = multipart([("image", None, b"not a file", None), ("note", None, b"7", None)], boundary)
+        body = multipart_body([("image", None, None, b"not a file"), ("note", None, None, b"7")], boundary)
         return BadInput("multipart-no-file", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def multipart_bad_file(self) -> BadInput:
         boundary = self._boundary()
         content = self.random.choice([self._garbage(12), self.truncated_png().body, b""])
-        body = multipart([("image", "digit.png", content, "image/png")], boundary)
+        body = multipart_body([("image", "digit.png", "image/png", content)], boundary)
         return BadInput("multipart-bad-file", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def multipart_too_many(self) -> BadInput:
         boundary = self._boundary()
         if self.random.random() < 0.5:
-            parts = [(f"image{index}", f"{index}.png", self._garbage(8), "image/png") for index in range(2, 5)]
+            parts = [(f"image{index}", f"{index}.png", "image/png", self._garbage(8)) for index in range(2, 5)]
         else:
-            parts = [(f"field{index}", None, b"x", None) for index in range(12, 40)]
-        return BadInput("multipart-too-many-parts", multipart(parts, boundary),
+            parts = [(f"field{index}", None, None, b"x") for index in range(12, 40)]
+        return BadInput("multipart-too-many-parts", multipart_body(parts, boundary),
                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def multipart_unterminated(self) -> BadInput:
         boundary = self._boundary()
-        body = multipart([("image", "digit.png", self._garbage(10), "image/png")], boundary, terminated=False)
+        body = multipart_body([("image", "digit.png", "image/png", self._garbage(10))], boundary, terminated=False)
         body = body[:self.random.randrange(1, len(body))]
         return BadInput("multipart-unterminated", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
@@ -270,7 +248,7 @@ class BadInputs:
         kind = self.random.choice(["declared", "chunked", "multipart"])
         if kind == "multipart":
             boundary = self._boundary()
-            body = multipart([("image", "big.png", PNG_SIGNATURE + self.random.randbytes(size), "image/png")], boundary)
+            body = multipart_body([("image", "big.png", "image/png", PNG_SIGNATURE + self.random.randbytes(size))], boundary)
             return BadInput("oversized-multipart", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         return BadInput(f"oversized-{kind}", PNG_SIGNATURE + self.random.randbytes(size), {"Content-Type": "image/png"},
                         chunked=kind == "chunked")
@@ -392,7 +370,7 @@ async def send_all_bad_inputs(base_url: str, port: int, light: list[BadInput], h
         return results
 
 
-def run_bad_input(*, app: AppServer, node: CassandraNode, keyspace: str, arguments, pictures, api_images,
+def run_bad_input(*, app: AppProcess, node: CassandraNode, keyspace: str, arguments, pictures, api_images,
                   figures: dict, expected: dict) -> None:
     generator = BadInputs(arguments.seed, pictures)
     heavy = heavy_inputs(arguments.bomb_repeats)

@@ -14,10 +14,11 @@ import time
 
 import httpx2
 
-from bench.hardening.accounting import account
-from bench.hardening.api_load import API_CLIENT_TIMEOUT_SECONDS
-from bench.hardening.processes import AppServer, CassandraNode
 from bench.hardening.report import say
+from harness.accounting import account
+from harness.api_load import API_CLIENT_TIMEOUT_SECONDS
+from harness.app_process import AppProcess
+from harness.cassandra_node import CassandraNode
 
 
 class FaultInjector(threading.Thread):
@@ -56,8 +57,8 @@ def outbox_rows(data_directory: pathlib.Path) -> int:
         connection.close()
 
 
-def run_restart_fault(*, app: AppServer, node: CassandraNode, keyspace: str, data_directory: pathlib.Path,
-                      arguments, api_images, figures: dict, expected: dict) -> AppServer:
+def run_restart_fault(*, app: AppProcess, node: CassandraNode, keyspace: str, data_directory: pathlib.Path,
+                      arguments, api_images, figures: dict, expected: dict) -> AppProcess:
     count = arguments.restart_predictions
     say(f"(2b) Cassandra stopped, {count} API predictions queued, app stopped (SIGTERM), Cassandra and app "
         "started again")
@@ -89,9 +90,9 @@ def run_restart_fault(*, app: AppServer, node: CassandraNode, keyspace: str, dat
         f"{queued_on_disk} entries in the outbox file")
 
     node.start()
-    restarted = AppServer(node=node, keyspace=keyspace, data_directory=data_directory, log_path=app.log_path,
-                          streamlit_options=app.streamlit_options, api_key=app.api_key,
-                          dashboard_password=app.dashboard_password)
+    restarted = AppProcess(environment=node.app_environment(keyspace, data_directory), log_path=app.log_path,
+                           streamlit_options=app.streamlit_options, api_key=app.api_key,
+                           dashboard_password=app.dashboard_password)
     restarted.start()
     serving = restarted.wait_until_serving()
     # Nobody visits yet: does the outbox drain on its own?

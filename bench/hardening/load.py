@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import pathlib
 import statistics
 import time
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import async_playwright
 
-from bench.hardening.accounting import account
-from bench.hardening.api_load import ApiLoad, ApiResult
-from bench.hardening.browser_sessions import BrowserAttempt, BrowserSession
 from bench.hardening.faults import FaultInjector
 from bench.hardening.processes import (
     BROWSER_NICENESS,
-    AppServer,
     AutogroupDemoter,
-    CassandraNode,
     RssSampler,
     drop_priority_raising_for_children,
     log_size,
@@ -31,14 +25,17 @@ from bench.hardening.processes import (
 )
 from bench.hardening.report import milliseconds, say
 from bench.statistics_helpers import percentile
-
-CHROMIUM_PATH = pathlib.Path("/usr/bin/chromium")
-CHROMIUM_ARGUMENTS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+from harness.accounting import account
+from harness.api_load import ApiLoad, ApiResult
+from harness.app_process import AppProcess
+from harness.browser_sessions import BrowserAttempt, BrowserSession
+from harness.cassandra_node import CassandraNode
+from harness.chromium import launch_chromium
 PAGE_OPEN_CONCURRENCY = 4  # pages opened at once during the warm-up
 STATS_WAIT_SECONDS = 60
 
 
-async def browsers_and_api(*, app: AppServer, node: CassandraNode, arguments, api_images, drawings,
+async def browsers_and_api(*, app: AppProcess, node: CassandraNode, arguments, api_images, drawings,
                            figures: dict) -> tuple[list[ApiResult], list[BrowserAttempt], list[BrowserSession], dict]:
     """Warm up, then run the browser sessions and the API load together (with the node killed on the way)."""
     timing: dict = {}
@@ -51,8 +48,7 @@ async def browsers_and_api(*, app: AppServer, node: CassandraNode, arguments, ap
     demoter = AutogroupDemoter()
     demoter.start()
     try:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM_PATH), headless=True,
-                                                   args=CHROMIUM_ARGUMENTS)
+        browser = await launch_chromium(playwright)
         sessions = [BrowserSession(index, browser=browser, base_url=app.base_url, drawings=drawings,
                                    answer_timeout_seconds=arguments.answer_timeout,
                                    dashboard_password=app.dashboard_password)
@@ -158,7 +154,7 @@ def print_timeline(api_results: list[ApiResult], attempts: list[BrowserAttempt],
             f"  {', '.join(marks)}")
 
 
-def run_load(*, app: AppServer, node: CassandraNode, keyspace: str, arguments, api_images, drawings,
+def run_load(*, app: AppProcess, node: CassandraNode, keyspace: str, arguments, api_images, drawings,
              figures: dict, expected: dict) -> None:
     say(f"(1) load: {arguments.sessions} browser sessions drawing and predicting, and POST /api/predict at "
         f"{arguments.api_rate:g}/s open loop, for {arguments.duration:g} s"

@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from tests.balancer import NGINX, REPLICA_LINE, SHIPPED_CONFIG, local_config
-from tests.deployment.compose_files import replicas_project
+from tests.deployment.compose_files import (COMPOSE_FILE, REPLICAS_COMPOSE_FILE, RESET, cluster_project, load_yaml,
+                                            replicas_project)
 
 APP_IMAGE = "mnist-digits:latest"
 
@@ -38,6 +39,25 @@ def test_the_second_replica_is_the_clusters_app_with_its_own_outbox():
     outboxes = [next(volume for volume in service["volumes"] if volume.endswith(":/data"))
                 for service in app_replicas(replicas_project()).values()]
     assert len(outboxes) == len(set(outboxes)) == 2, f"each replica needs an outbox of its own: {outboxes}"
+
+
+def test_the_second_replica_extends_compose_yaml_s_app_and_says_what_the_cluster_changes():
+    """app-2 is written as `extends` of compose.yaml's `app`. Docker Compose resolves extends file by
+    file before merging, so the cluster's changes to `app` are stated again in app-2; its waits are
+    all its own, so nothing rests on whether a tool lets depends_on be inherited."""
+    written = load_yaml(REPLICAS_COMPOSE_FILE)["services"]["app-2"]
+    assert written["extends"] == {"file": COMPOSE_FILE.name, "service": "app"}
+    assert written["ports"] is RESET, "the port stays app's: `ports: !reset []`"
+    cluster_app = cluster_project()["services"]["app"]
+    assert written["depends_on"] == cluster_app["depends_on"]
+    single_app = load_yaml(COMPOSE_FILE)["services"]["app"]
+    changed_by_the_cluster = {name for name, value in cluster_app["environment"].items()
+                              if single_app["environment"].get(name) != value}
+    assert changed_by_the_cluster and changed_by_the_cluster <= set(written["environment"])
+    assert {name: cluster_app["environment"][name] for name in written["environment"]} == written["environment"]
+    # The healthcheck the balancer waits for is the image's: neither replica replaces it.
+    services = replicas_project()["services"]
+    assert "healthcheck" not in services["app"] and "healthcheck" not in services["app-2"]
 
 
 def test_nginx_balances_exactly_the_compose_replicas_in_both_upstreams():

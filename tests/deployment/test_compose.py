@@ -271,11 +271,17 @@ def test_cluster_has_three_nodes_in_one_datacenter_started_one_after_another() -
     assert project["services"]["cassandra-2"]["depends_on"] == {**certificates, "cassandra": {"condition": "service_healthy"}}
     assert project["services"]["cassandra-3"]["depends_on"] == {**certificates,
                                                                 "cassandra-2": {"condition": "service_healthy"}}
-    # The cluster's nodes are defined exactly like the single node (the definition is repeated).
+    # The cluster's nodes are defined exactly like the single node: the definition is repeated in
+    # compose.cluster.yaml, not extended (see the note there), so this keeps the copies the same.
     reference = nodes["cassandra"]
     for name in ("cassandra-2", "cassandra-3"):
-        for key in ("image", "entrypoint", "command", "healthcheck", "restart"):
+        for key in ("image", "entrypoint", "command", "healthcheck", "restart", "mem_limit", "environment"):
             assert nodes[name][key] == reference[key], (name, key)
+        data_volume = named_volume_target(nodes[name], "/var/lib/cassandra", project)
+        assert [volume.replace(f"{data_volume}:", "cassandra-data:") for volume in nodes[name]["volumes"]] == \
+            reference["volumes"], name
+        assert "extends" not in load_yaml(CLUSTER_COMPOSE_FILE)["services"][name], \
+            "podman-compose config would print the node unresolved (compose.cluster.yaml)"
 
 
 def test_cluster_app_and_init_wait_for_every_node_and_use_three_replicas() -> None:

@@ -1,5 +1,6 @@
 """README keeps up with the deployment: its settings table lists exactly the settings declared in
-mnist_core.settings.SETTINGS, and its Deployment section gives both compose commands.
+mnist_core.settings.SETTINGS (tests/test_settings.py checks it is the table rendered from them,
+row for row), and its Deployment section gives both compose commands.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Browser test fixtures: the real app (`streamlit run Home.py`) on a free loopback port, and Chromium.
 
-The server gets this module's fresh keyspace and its own outbox directory, and is stopped
-(by its own process id) when the module is done. Chromium is Debian's ``/usr/bin/chromium``
-driven by Playwright from PyPI; ``playwright install`` is never needed.
+The server (harness/app_process.py) gets this module's fresh keyspace and its own outbox
+directory, and is stopped (by its own process id) when the module is done. Chromium is
+Debian's ``/usr/bin/chromium`` driven by Playwright from PyPI (harness/chromium.py);
+``playwright install`` is never needed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.app_process import AppProcess, free_port
-
-CHROMIUM_PATH = pathlib.Path("/usr/bin/chromium")
-CHROMIUM_ARGUMENTS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+from harness.app_process import SHIPPED_MODEL_PATH, AppProcess, AppProcessFailed
+from harness.chromium import CHROMIUM_PATH, launch_chromium
 
 
 def get_json(url: str, timeout: float = 10.0) -> tuple[int, dict]:
@@ -37,6 +36,15 @@ def app_is_serving(base_url: str) -> bool:
 
 
 @contextlib.contextmanager
+def app_failures_fail_the_test() -> Iterator[None]:
+    """An app that exits or does not answer fails the test with its log's tail, without a Python traceback."""
+    try:
+        yield
+    except AppProcessFailed as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@contextlib.contextmanager
 def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.Path, *,
                 ready: Callable[[str], bool] = app_is_serving,
                 extra_environment: dict[str, str] | None = None) -> Iterator[str]:
@@ -45,15 +53,17 @@ def running_app(keyspace: str, data_directory: pathlib.Path, log_path: pathlib.P
 
     Yields the base URL; stops the server with SIGTERM (SIGKILL after a grace period).
     """
-    app = AppProcess(port=free_port(), log_path=log_path, environment={
-        "MNIST_CASSANDRA_CONTACT_POINTS": "127.0.0.1",
-        "MNIST_CASSANDRA_KEYSPACE": keyspace,
-        "MNIST_DATA_DIR": str(data_directory),
-        **(extra_environment or {}),
-    })
-    app.start()
+    with app_failures_fail_the_test():
+        app = AppProcess(log_path=log_path, model_path=SHIPPED_MODEL_PATH, environment={
+            "MNIST_CASSANDRA_CONTACT_POINTS": "127.0.0.1",
+            "MNIST_CASSANDRA_KEYSPACE": keyspace,
+            "MNIST_DATA_DIR": str(data_directory),
+            **(extra_environment or {}),
+        })
+        app.start()
     try:
-        app.wait_until(ready)
+        with app_failures_fail_the_test():
+            app.wait_until(ready)
         yield app.base_url
     finally:
         app.stop()
@@ -75,6 +85,6 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM_PATH), headless=True, args=CHROMIUM_ARGUMENTS)
+        launched = launch_chromium(playwright)
         yield launched
         launched.close()

@@ -20,14 +20,14 @@ from secrets import token_urlsafe
 
 import pytest
 
+from harness.app_process import free_port
+from harness.stored_rows import day_slots
 from mnist_core.settings import settings_from_mapping
 from mnist_core.storage import outbox
 from mnist_core.storage.connection import target_name
 from mnist_core.storage.records import time_uuid
 from tests.conftest import REPOSITORY_ROOT, build_record
-from tests.app_process import free_port
 from tests.e2e.conftest import running_app
-from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cassandra, pytest.mark.slow]
 

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation.drawings import redraw
+from harness.stored_rows import day_slots
+from harness.strokes import ANSWER_TIMER_SCRIPT, digit_strokes, draw_strokes
 from tests.e2e.conftest import get_json
-from tests.e2e.strokes import ANSWER_TIMER_SCRIPT, digit_strokes, draw_strokes
 from tests.conftest import REPOSITORY_ROOT
-from train.drawings import redraw
-from tests.stored_rows import day_slots
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cassandra, pytest.mark.slow]
 

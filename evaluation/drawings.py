@@ -5,6 +5,9 @@ Real users draw with a round pen of fixed width (the canvas default is about 18 
 digits from writers the model never trained on (scikit-learn's bundled optdigits, 43
 writers, and the MNIST test writers), reduce each to its centre line, and redraw that line
 with such a pen, in both layouts. The model is never tuned on these.
+
+Evaluation material, not training: the tests, the browser strokes (harness/strokes.py) and the
+benchmarks draw with it; training renders its own canvas pictures (train/canvas_rendering.py).
 """
 
 from __future__ import annotations

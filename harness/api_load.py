@@ -1,5 +1,7 @@
-"""The REST half of the load: open-loop POST /api/predict at a fixed rate, from a child process.
+"""API load: open-loop POST /api/predict at a fixed rate, from a child process, and one request's outcome.
 
+The hardening run sends its REST load with :class:`ApiLoad`; tests/test_cluster.py sends its
+own paced requests through nginx with :func:`send_one` and reads the same :class:`ApiResult`.
 A module of its own, importing only what the child needs: the child is started with ``spawn``
 and imports this module, not the browsers, Cassandra or the MNIST data.
 """

@@ -1,6 +1,7 @@
-"""The inputs of the load: MNIST test digits as PNG bodies for the API and as mouse strokes for the browsers.
+"""Inputs for driving the app: MNIST test digits as PNG bodies for the API and as mouse strokes for the browsers.
 
-The bad-input scenario starts from the same pictures (re-encoded, truncated, corrupted).
+The hardening run's load and tests/test_cluster.py send these; the hardening run's bad-input
+scenario starts from the same pictures (re-encoded, truncated, corrupted).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from tests.e2e.strokes import digit_strokes
-from train.drawings import redraw
+from evaluation.drawings import redraw
+from harness.strokes import digit_strokes
 
 
 def png_bytes(image: Image.Image, **options) -> bytes:

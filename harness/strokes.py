@@ -1,15 +1,16 @@
 """Mouse strokes that redraw an MNIST digit on the canvas, as a person with a mouse would.
 
-``train.drawings.centre_line`` reduces a digit to its one-pixel centre line; this module walks
-that line into ordered polylines (each one a press, moves and a release), so the browser
-test draws real handwriting shapes instead of pasting pixels.
+``evaluation.drawings.centre_line`` reduces a digit to its one-pixel centre line; this module
+walks that line into ordered polylines (each one a press, moves and a release), so the browser
+tests and the benchmarks that drive Chromium draw real handwriting shapes instead of pasting
+pixels. ``ANSWER_TIMER_SCRIPT`` times a Predict click inside the page.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from train.drawings import CANVAS_SIDE, centre_line
+from evaluation.drawings import CANVAS_SIDE, centre_line
 
 NEIGHBOUR_STEPS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 POINT_SPACING = 4
@@ -63,7 +64,7 @@ def draw_strokes(page, canvas_box: dict, strokes: list[list[tuple[float, float]]
         page.mouse.up()
 
 
-# Installed in the page before a Predict click (browser tests and bench/hardening/): measures,
+# Installed in the page before a Predict click (browser tests, bench/hardening/, bench/predict_latency.py): measures,
 # inside the page, from the Predict click event to the "Prediction" metric appearing in the DOM.
 ANSWER_TIMER_SCRIPT = """() => {
   window.__predictClickedAt = null;

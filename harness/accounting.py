@@ -1,6 +1,7 @@
 """Lost and duplicated predictions: the ids the app answered, matched against the rows in Cassandra.
 
-Every scenario and the whole run count the same way, so the figures add up.
+Every scenario of the hardening run, the whole run and tests/test_cluster.py count the same
+way, so the figures add up and mean the same thing everywhere.
 """
 
 from __future__ import annotations

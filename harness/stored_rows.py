@@ -1,4 +1,4 @@
-"""Reading the prediction tables directly in tests, as their partitions are laid out (schema 005).
+"""Reading the prediction tables directly in tests and benchmarks, as their partitions are laid out (schema 005).
 
 Predictions live in one partition per 15-minute UTC slot, so "every row of a day" is a read of
 that day's 96 slot partitions in one IN query.

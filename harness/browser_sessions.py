@@ -1,7 +1,9 @@
-"""The browser half of the load: one Chromium context per session on the Draw page, drawing and predicting.
+"""A browser session on the Draw page: one Chromium context drawing and predicting, again and again.
 
-What a session reads from the page (the prediction id, the canvas generation, whether ink shows)
-comes from the small JavaScript snippets below, evaluated in the page.
+The hardening run's browser load (bench/hardening/) and the replicas-behind-nginx test
+(tests/test_cluster.py) both drive the app with it. What a session reads from the page (the
+prediction id, the canvas generation, whether ink shows) comes from the small JavaScript
+snippets below, evaluated in the page.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 
 from playwright.async_api import Error as PlaywrightError
 
-from tests.e2e.strokes import ANSWER_TIMER_SCRIPT
+from harness.strokes import ANSWER_TIMER_SCRIPT
 
 DESKTOP = {"width": 1280, "height": 900}
 PAGE_TIMEOUT_MS = 60_000
