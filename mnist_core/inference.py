@@ -17,7 +17,7 @@ from mnist_core.networks import card_beside, load_network
 from mnist_core.number_line import STEP_WIDTH
 from mnist_core.number_reading import NumberReader
 from mnist_core.preprocess import DigitBox
-from mnist_core.segmentation import Segmentation, segmentations
+from mnist_core.segmentation import Segmentation, drawing_ink, lone_piece, segmentations_of
 
 # The shipped model's eleventh output; a ten-output model (the baseline) never refuses.
 NOT_A_DIGIT = 10
@@ -160,7 +160,15 @@ class Recognizer:
         by the number reader (see `_checked_by_number_reader`).
         """
         started = time.perf_counter()
-        found = segmentations(image, strokes)
+        drawing = drawing_ink(image)
+        lone = lone_piece(drawing) if strokes is None else None
+        if lone is not None:
+            # One piece of ink the model is sure of as one digit: no cut of it could do better.
+            (reading, _), = self._network_readings([lone])
+            if len(reading.digits) == 1 and not reading.is_not_a_digit and lone.whole_is_certain(
+                    float(np.log(max(reading.digits[0].confidence, LOG_FLOOR)))):
+                return dataclasses.replace(reading, latency_ms=(time.perf_counter() - started) * 1000)
+        found = segmentations_of(drawing, strokes)
         readings = self._network_readings(found)
         best = max(range(len(found)), key=lambda index: readings[index][0].grouping_score)
         reading = self._checked_by_number_reader([readings[best]], [found[best]])[0]
@@ -182,16 +190,45 @@ class Recognizer:
         (a scribble, a letter).
         """
         started = time.perf_counter()
-        stacked = [item.candidates for item in segmentations if len(item.candidates)]
-        all_probabilities = self.probabilities(np.concatenate(stacked)) if stacked else (
-            np.zeros((0, 10), np.float32))
+        # The whole ink of each picture as one digit is scored first, where it is a candidate:
+        # when the model is sure enough of it, no other grouping can score higher (see
+        # Segmentation.whole_is_certain), so the other candidates are never made or scored
+        # and keep probability 0. The reading is the same as with all of them scored.
+        first = [[item.whole_candidate] if item.whole_candidate is not None
+                 else list(range(item.candidate_count)) for item in segmentations]
+        first_scores = self._scores(segmentations, first)
+        rest = []
+        for item, indices, scores in zip(segmentations, first, first_scores):
+            settled = len(indices) == item.candidate_count or item.whole_is_certain(
+                float(np.log(max(float(scores[0, :NOT_A_DIGIT].max()), LOG_FLOOR))))
+            rest.append([] if settled else [index for index in range(item.candidate_count)
+                                            if index not in indices])
+        rest_scores = self._scores(segmentations, rest)
         per_picture_ms = (time.perf_counter() - started) * 1000 / max(len(segmentations), 1)
-        readings, position = [], 0
-        for item in segmentations:
-            probabilities = all_probabilities[position:position + len(item.candidates)]
-            position += len(item.candidates)
+        classes = next((scores.shape[1] for scores in first_scores if len(scores)), NOT_A_DIGIT)
+        readings = []
+        for item, indices, scores, more, more_scores in zip(segmentations, first, first_scores,
+                                                            rest, rest_scores):
+            probabilities = np.zeros((item.candidate_count, classes), np.float32)
+            for scored, values in ((indices, scores), (more, more_scores)):
+                if scored:
+                    probabilities[scored] = values
             readings.append((self._reading(item, probabilities, per_picture_ms), probabilities))
         return readings
+
+    def _scores(self, segmentations: list[Segmentation],
+                wanted: list[list[int]]) -> list[np.ndarray]:
+        """The probabilities of the wanted candidates of each picture, in one model call."""
+        inputs = [item.candidate_inputs(indices)
+                  for item, indices in zip(segmentations, wanted) if indices]
+        if not inputs:
+            return [np.zeros((0, NOT_A_DIGIT), np.float32) for _ in wanted]
+        everything = self.probabilities(np.concatenate(inputs))
+        scores, position = [], 0
+        for indices in wanted:
+            scores.append(everything[position:position + len(indices)])
+            position += len(indices)
+        return scores
 
     def _checked_by_number_reader(self, readings: list[tuple[Reading, np.ndarray]],
                                   segmentations: list[Segmentation]) -> list[Reading]:
@@ -236,7 +273,7 @@ class Recognizer:
             chosen, _ = segmentation.best_grouping(
                 np.log(np.maximum(digit_probability, LOG_FLOOR)), digit_count=len(line.digits))
             if len(chosen) == len(line.digits):
-                model_inputs = segmentation.candidates[chosen]
+                model_inputs = segmentation.candidate_inputs(chosen)
                 boxes = tuple(segmentation.boxes[position] for position in chosen)
             else:
                 cut = segmentation.cut_at([
@@ -266,7 +303,7 @@ class Recognizer:
             return Reading(digits=(), model_inputs=empty, boxes=(), latency_ms=latency_ms,
                            grouping_score=score)
         chosen_probabilities = probabilities[chosen]
-        inputs = segmentation.candidates[chosen]
+        inputs = segmentation.candidate_inputs(chosen)
         boxes = tuple(segmentation.boxes[index] for index in chosen)
         if chosen_probabilities.shape[1] > NOT_A_DIGIT:
             refusal = chosen_probabilities[:, NOT_A_DIGIT]

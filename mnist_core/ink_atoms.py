@@ -92,6 +92,18 @@ def _pieces(mask: np.ndarray) -> list[Atom]:
     return pieces
 
 
+def lone_piece(mask: np.ndarray) -> Atom | None:
+    """The ink as one atom when it is a single connected piece, else None."""
+    box = _ink_box(mask)
+    if box is None:
+        return None
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3), dtype=bool))
+    if count != 1:
+        return None
+    return Atom(mask=labels == 1, top=box[0].start, left=box[1].start, bottom=box[0].stop,
+                right=box[1].stop)
+
+
 def _cut_columns(piece: Atom, line_height: int, pen_width: float) -> list[int]:
     """Candidate cut columns (relative to the piece) for a piece that may hold two digits.
 

@@ -342,5 +342,5 @@ def preprocess(image) -> PreprocessedImage:
     if not chosen:
         return PreprocessedImage(digits=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
                                  boxes=())
-    return PreprocessedImage(digits=segmentation.candidates[chosen],
+    return PreprocessedImage(digits=segmentation.candidate_inputs(chosen),
                              boxes=tuple(segmentation.boxes[index] for index in chosen))

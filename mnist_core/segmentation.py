@@ -55,11 +55,12 @@ MODEL_FREE_CUT_PENALTY = 2.0
 class Segmentation:
     """Every candidate digit of one picture and how to choose among them.
 
-    `candidates` (K, 28, 28) are model inputs; `spans[k]` is the run of atoms [start, stop)
-    that candidate k covers; `boxes[k]` is where it sits in the original picture.
+    `spans[k]` is the run of atoms [start, stop) that candidate k covers; `boxes[k]` is where
+    it sits in the original picture; `candidate_inputs([k, ...])` are their 28x28 model inputs,
+    made on first use (a lone digit the model is sure of as a whole needs no other; see
+    `whole_is_certain`), and `candidates` all of them.
     """
 
-    candidates: np.ndarray
     spans: tuple[tuple[int, int], ...]
     boxes: tuple[DigitBox, ...]
     priors: np.ndarray
@@ -80,10 +81,55 @@ class Segmentation:
     # number reader's line is made from it, and cut_at cuts it where the reader saw digits end.
     ink: np.ndarray | None = None
     scale_back: float = 1.0
+    # Each candidate's ink (its atoms joined), and the model inputs made from it so far.
+    groups: tuple[Atom, ...] = ()
+    _inputs: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                                       compare=False)
 
     @property
     def is_blank(self) -> bool:
         return self.atom_count == 0
+
+    @property
+    def candidate_count(self) -> int:
+        return len(self.spans)
+
+    def candidate_inputs(self, indices: Sequence[int]) -> np.ndarray:
+        """The model inputs (len(indices), 28, 28) of these candidates, each made once."""
+        if len(indices) and self.ink is not None:
+            mask = self.ink >= INK_MASK_LEVEL
+            for index in indices:
+                if index not in self._inputs:
+                    self._inputs[index] = _model_input(self.ink, mask, self.groups[index])
+        if not len(indices):
+            return np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32)
+        return np.stack([self._inputs[index] for index in indices])
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """Every candidate's model input, (K, 28, 28)."""
+        return self.candidate_inputs(range(self.candidate_count))
+
+    @property
+    def whole_candidate(self) -> int | None:
+        """The candidate that is all of the ink as one digit, if there is one."""
+        try:
+            return self.spans.index((0, self.atom_count))
+        except ValueError:
+            return None
+
+    def whole_is_certain(self, digit_log_probability: float) -> bool:
+        """Whether the whole ink, as one digit this likely, is the best grouping whatever the
+        other candidates score.
+
+        Any grouping into two digits or more scores at most ``-2 * DIGIT_COST``: every prior
+        and log-probability is at most 0, and boundaries only subtract. The whole ink as one
+        digit scores ``prior - DIGIT_COST + log p``; above that bound, the others need not be
+        made or scored, and the reading is the same.
+        """
+        whole = self.whole_candidate
+        return whole is not None and (
+            float(self.priors[whole]) - DIGIT_COST + digit_log_probability > -2 * DIGIT_COST + 1e-9)
 
     @functools.cached_property
     def _placed_line(self) -> tuple[np.ndarray | None, LinePlacement | None]:
@@ -251,14 +297,17 @@ def segment(image, strokes: Sequence[np.ndarray] | None = None) -> Segmentation:
     return segmentations(image, strokes)[-1]
 
 
-def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Segmentation]:
-    """The picture's segmentation from its ink's pieces, and from its strokes when given.
+@dataclasses.dataclass(frozen=True)
+class DrawingInk:
+    """A picture's ink at working size, its mask, and the factor from its pixels back to the picture's."""
 
-    `strokes` are the pen's paths in the order drawn, in the picture's pixels, as the Draw
-    page's canvas reports them: then the atoms are the strokes themselves, so digits whose ink
-    overlaps are still told apart (each digit is a run of consecutive strokes). Strokes that
-    do not account for the picture's ink are ignored. The ink is found once for both.
-    """
+    ink: np.ndarray
+    mask: np.ndarray
+    scale_back: float
+
+
+def drawing_ink(image) -> DrawingInk:
+    """The ink of a picture (array, PIL image, bytes or path), found once for every segmentation of it."""
     from PIL import Image
 
     if isinstance(image, (str, bytes, bytearray, memoryview)) or hasattr(image, "__fspath__"):
@@ -275,22 +324,50 @@ def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Se
             original_height = image.shape[0] if image.ndim >= 2 else 0
         ink = ink_map(image)
     scale_back = original_height / ink.shape[0] if ink.shape[0] else 1.0
-    mask = ink >= INK_MASK_LEVEL
+    return DrawingInk(ink=ink, mask=ink >= INK_MASK_LEVEL, scale_back=scale_back)
+
+
+def segmentations(image, strokes: Sequence[np.ndarray] | None = None) -> list[Segmentation]:
+    """The picture's segmentation from its ink's pieces, and from its strokes when given.
+
+    `strokes` are the pen's paths in the order drawn, in the picture's pixels, as the Draw
+    page's canvas reports them: then the atoms are the strokes themselves, so digits whose ink
+    overlaps are still told apart (each digit is a run of consecutive strokes). Strokes that
+    do not account for the picture's ink are ignored.
+    """
+    return segmentations_of(drawing_ink(image), strokes)
+
+
+def segmentations_of(drawing: DrawingInk, strokes: Sequence[np.ndarray] | None = None) -> list[Segmentation]:
+    """`segmentations` of ink already found."""
+    ink, mask, scale_back = drawing.ink, drawing.mask, drawing.scale_back
     found = [_segmentation(ink, mask, ink_atoms.atoms(mask), scale_back)]
     stroke_atoms = ink_atoms.stroke_atoms(mask, strokes, scale_back) if strokes else None
     if stroke_atoms is not None:
         found.append(_segmentation(ink, mask, stroke_atoms, scale_back, by_strokes=True))
-    if found[0].atom_count:
-        found = [dataclasses.replace(item, ink=ink, scale_back=scale_back) for item in found]
     return found
+
+
+def lone_piece(drawing: DrawingInk) -> Segmentation | None:
+    """The ink as one candidate digit, when it is one connected piece (not even a speck
+    beside it) no wider than a digit may be; else None.
+
+    Most drawings are such a lone digit. `segmentations_of` always has this very candidate
+    (same model input, box and prior) among those of such ink, cut or not, so when the model
+    is sure of it (`Segmentation.whole_is_certain`) it is the reading, and the piece need not
+    be cut at all.
+    """
+    piece = ink_atoms.lone_piece(drawing.mask)
+    if piece is None or piece.right - piece.left > WHOLE_CANDIDATE_MAX_ASPECT * (piece.bottom - piece.top):
+        return None
+    return _segmentation(drawing.ink, drawing.mask, [piece], drawing.scale_back)
 
 
 def _segmentation(ink: np.ndarray, mask: np.ndarray, atoms: list[Atom], scale_back: float,
                   by_strokes: bool = False) -> Segmentation:
     """Every candidate of these atoms, as model inputs, with what the grouping needs."""
     if not atoms:
-        return Segmentation(candidates=np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32),
-                            spans=(), boxes=(), priors=np.zeros(0), atom_count=0, extents=(),
+        return Segmentation(spans=(), boxes=(), priors=np.zeros(0), atom_count=0, extents=(),
                             dots=(), wide=(), heights=())
     rows = np.flatnonzero(mask.any(axis=1))
     line_height = float(rows[-1] - rows[0] + 1)
@@ -301,10 +378,10 @@ def _segmentation(ink: np.ndarray, mask: np.ndarray, atoms: list[Atom], scale_ba
         # A drawing cut into many atoms that is not wide enough to be several digits: the whole
         # of it is a candidate too, so the model can say it is one digit (see Segmentation.choose).
         runs.append((0, len(atoms)))
-    candidates, spans, boxes, priors, extents, dots, wide, heights = [], [], [], [], [], [], [], []
+    groups, spans, boxes, priors, extents, dots, wide, heights = [], [], [], [], [], [], [], []
     for start, stop in runs:
         group = ink_atoms.union(atoms[start:stop])
-        candidates.append(_model_input(ink, mask, group))
+        groups.append(group)
         spans.append((start, stop))
         boxes.append(DigitBox(left=int(group.left * scale_back),
                               top=int(group.top * scale_back),
@@ -317,10 +394,11 @@ def _segmentation(ink: np.ndarray, mask: np.ndarray, atoms: list[Atom], scale_ba
         heights.append((group.top, group.bottom))
         dots.append(ink_atoms.is_dot(group.mask))
         wide.append(group.right - group.left > WIDE_WIDTH * max(height, 0.6 * line_height))
-    return Segmentation(candidates=np.stack(candidates).astype(np.float32), spans=tuple(spans),
-                        boxes=tuple(boxes), priors=np.asarray(priors), atom_count=len(atoms),
-                        extents=tuple(extents), dots=tuple(dots), wide=tuple(wide),
-                        heights=tuple(heights), atoms=tuple(atoms), by_strokes=by_strokes)
+    return Segmentation(spans=tuple(spans), boxes=tuple(boxes), priors=np.asarray(priors),
+                        atom_count=len(atoms), extents=tuple(extents), dots=tuple(dots),
+                        wide=tuple(wide), heights=tuple(heights), atoms=tuple(atoms),
+                        by_strokes=by_strokes, ink=ink, scale_back=scale_back,
+                        groups=tuple(groups))
 
 
 # Neighbours' ink is grown by two pixels (a 4-neighbour step twice) before it is left out, so

@@ -125,3 +125,42 @@ def test_batched_reading_equals_single_reading(recognizer, mnist):
         single = recognizer.read(image)
         assert single.digit == reading.digit
         assert single.confidence == pytest.approx(reading.confidence, abs=1e-5)
+
+
+def _every_candidate_scored(recognizer, picture):
+    """The reading as it would be with every candidate made and scored (no shortcut)."""
+    from mnist_core.segmentation import segment
+
+    segmentation = segment(picture)
+    probabilities = (recognizer.probabilities(segmentation.candidates) if segmentation.candidate_count
+                     else np.zeros((0, 11), np.float32))
+    reading = recognizer._reading(segmentation, probabilities, 0.0)
+    return recognizer._checked_by_number_reader([(reading, probabilities)], [segmentation])[0]
+
+
+def test_candidates_left_unscored_never_change_a_reading(recognizer, mnist):
+    """A lone digit the model is sure of is read without cutting its ink, and other candidates
+    are scored only when the whole ink as one digit could lose: the readings are the same as
+    with every candidate scored, for digits, numbers and scribbles alike."""
+    from evaluation.non_digits import non_digit_pictures
+    from mnist_core.segmentation import drawing_ink, lone_piece
+
+    digits = [mnist.test_images[index] for index in range(0, 3000, 15)]
+    numbers = [np.hstack([mnist.test_images[index], mnist.test_images[index + 1]])
+               for index in range(0, 300, 10)]
+    scribbles = non_digit_pictures("scribbles", 30, seed=3) + non_digit_pictures("letters", 30, seed=3)
+    shortcut = 0
+    for picture in digits + numbers + scribbles:
+        read, reference = recognizer.read(picture), _every_candidate_scored(recognizer, picture)
+        assert read.text == reference.text
+        assert read.is_not_a_digit == reference.is_not_a_digit
+        assert read.boxes == reference.boxes
+        assert read.grouping_score == pytest.approx(reference.grouping_score, abs=1e-5)
+        assert [digit.confidence for digit in read.digits] == pytest.approx(
+            [digit.confidence for digit in reference.digits], abs=1e-6)
+        np.testing.assert_allclose(read.model_inputs, reference.model_inputs, atol=1e-6)
+        lone = lone_piece(drawing_ink(picture))
+        shortcut += lone is not None and len(read.digits) == 1 and lone.whole_is_certain(
+            float(np.log(read.digits[0].confidence)))
+    # Most MNIST digits are one piece read with certainty: the shortcut is really taken.
+    assert shortcut >= 0.6 * len(digits)

@@ -180,7 +180,7 @@ def labelled_candidates(pictures: list[np.ndarray], digit_labels: np.ndarray,
     if not chosen:
         return empty
     chosen_labels = [label for _, label in positives] + [NOT_A_DIGIT] * len(negatives)
-    return (segmentation.candidates[chosen].astype(np.float32),
+    return (segmentation.candidate_inputs(chosen).astype(np.float32),
             np.asarray(chosen_labels, dtype=np.int64))
 
 
