@@ -57,10 +57,12 @@ def load_at_start() -> None:
 
     Loading the LiteRT model takes milliseconds, so the first visitor and the first API call
     find it ready; building the store at start lets its writer send an outbox left by the
-    previous process without waiting for a visitor (it connects in the background).
+    previous process without waiting for a visitor. The store connects on its writer's thread
+    (storage.start_storage): the server does not wait for the schema to be checked or created.
     """
     # A secrets file that exists but cannot be read stops the start here (SecretsFileError).
     settings.get_settings()
+    storage.start_storage()
     store_resource()
     try:
         recognizer_resource()
@@ -96,6 +98,8 @@ def render_sidebar() -> None:
         status = store_resource().status()
         if status.connected:
             st.success("Cassandra connected", icon=":material/database:")
+        elif status.state == "connecting":
+            st.info("Connecting to Cassandra…", icon=":material/database:")
         else:
             st.warning(f"Storage degraded: {status.pending} prediction(s) waiting", icon=":material/cloud_off:")
             st.caption(status.message)

@@ -147,3 +147,38 @@ def test_the_draw_and_history_pages_answer_with_a_hung_node(app_settings, fake_c
     while store.status().pending and time.monotonic() < deadline:
         time.sleep(0.2)
     assert store.status().pending == 0, "the drawing saved during the hang was not sent after SIGCONT"
+
+
+def test_a_starting_server_does_not_wait_for_a_hung_node(app_settings, make_record, monkeypatch, cassandra_node):
+    """The server builds its store at start without waiting to connect (storage.start_storage): with
+    the node hung, the store is there at once and says it is connecting, a prediction goes to the
+    outbox, and a read waits for that first attempt and then says why it failed; after SIGCONT the
+    store connects and the prediction is stored."""
+    from mnist_core import settings
+    from mnist_core.storage import StorageUnavailable, StoreOutcome, service
+
+    monkeypatch.setattr(service, "_connect_on_the_writer_thread", False)  # put back after the test
+    monkeypatch.setenv("MNIST_CASSANDRA_CONNECT_TIMEOUT", "2")
+    settings.get_settings.cache_clear()
+    record = make_record(digit=4)
+    with hung_node():
+        started = time.perf_counter()
+        store = service.start_storage()
+        assert time.perf_counter() - started < 1.0, "building the store waited for the node"
+        deadline = time.monotonic() + 5
+        while store.status().state != "connecting" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status = store.status()
+        assert status.state == "connecting" and "Connecting to Cassandra" in status.message
+        assert store.store(record) is StoreOutcome.QUEUED
+        started = time.perf_counter()
+        with pytest.raises(StorageUnavailable) as refused:
+            store.latest(5)
+        waited = time.perf_counter() - started
+        # It waited for the attempt to end (not "try again shortly" at once) and says how it ended.
+        assert "try again shortly" not in str(refused.value), refused.value
+        assert 0.2 < waited < 20, waited
+        assert store.status().state == "degraded"
+    store.flush(timeout_seconds=60)
+    assert [stored.id for stored in store.latest(100)].count(record.id) == 1
+    assert store.status().connected

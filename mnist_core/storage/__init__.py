@@ -19,7 +19,7 @@ from mnist_core.storage.records import (
     StorageStatus,
     StoreOutcome,
 )
-from mnist_core.storage.service import PredictionStore, get_storage
+from mnist_core.storage.service import PredictionStore, get_storage, start_storage
 
 __all__ = [
     "AccuracyReport",
@@ -35,4 +35,5 @@ __all__ = [
     "StorageUnavailable",
     "StoreOutcome",
     "get_storage",
+    "start_storage",
 ]

@@ -259,7 +259,7 @@ class StoreOutcome(enum.Enum):
 class StorageStatus:
     """What the UI shows about the database: connected, or degraded with N writes waiting locally."""
 
-    state: str  # "connected" or "degraded"
+    state: str  # "connected", "connecting" (the first attempt since start is under way) or "degraded"
     pending: int
     message: str
     dead_letters: int = 0
@@ -272,9 +272,13 @@ class StorageStatus:
 
     @classmethod
     def describe(cls, *, answering: bool, on_their_way: bool, pending: int, failure: str | None, dead_letters: int,
-                 other_target_pending: int, outbox_path, warnings: Sequence[str] = ()) -> StorageStatus:
+                 other_target_pending: int, outbox_path, warnings: Sequence[str] = (),
+                 connecting: bool = False) -> StorageStatus:
         """The status with its sentences, from what the store knows (nothing here contacts Cassandra)."""
-        if answering and on_their_way:
+        if connecting:
+            message = (f"Connecting to Cassandra (the first attempt since start); {pending} write(s) are kept in "
+                       "the local outbox meanwhile.")
+        elif answering and on_their_way:
             message = "Connected to Cassandra."
         elif answering:
             message = f"Connected to Cassandra; writing {pending} queued prediction(s) from the local outbox."
@@ -290,7 +294,8 @@ class StorageStatus:
         if other_target_pending:
             warnings.append(f"{other_target_pending} write(s) queued for another Cassandra target are kept in "
                             f"{outbox_path} and will be sent when the settings point there again.")
-        return cls(state="connected" if answering and on_their_way else "degraded", pending=pending,
+        state = "connecting" if connecting else "connected" if answering and on_their_way else "degraded"
+        return cls(state=state, pending=pending,
                    message=" ".join([message, *warnings]), dead_letters=dead_letters,
                    other_target_pending=other_target_pending, warnings=tuple(warnings))
 

@@ -52,6 +52,8 @@ class PredictionStore:
         self._hosts = connection.describe_hosts(settings)
         self._outbox = outbox.Outbox(settings.outbox_path, target=connection.target_name(settings))
         self._connect_lock = threading.Lock()
+        # Set once the first connection attempt has ended, whichever way it went.
+        self._first_attempt_ended = threading.Event()
         self._cluster: Cluster | None = None
         self._repository: PredictionRepository | None = None
         self._last_failure: str | None = None
@@ -71,6 +73,13 @@ class PredictionStore:
         if self._repository is not None:
             return self._repository
         if not self._connect_lock.acquire(blocking=not self.writer.running):
+            # The writer is connecting. A reader at start-up waits for that first attempt (it is
+            # bounded by the connect and request timeouts); later ones are told at once, so a
+            # hung node never holds a page.
+            if not self._first_attempt_ended.is_set() and self._first_attempt_ended.wait(
+                    self.settings.cassandra_connect_timeout_seconds
+                    + 2 * self.settings.cassandra_request_timeout_seconds) and self._repository is not None:
+                return self._repository
             raise StorageUnavailable(self._last_failure or f"Connecting to Cassandra at {self._hosts}; try again shortly.")
         try:
             if self._repository is not None:
@@ -99,6 +108,7 @@ class PredictionStore:
             self.writer.wake()
             return repository
         finally:
+            self._first_attempt_ended.set()
             self._connect_lock.release()
 
     def _repository_or_none(self) -> PredictionRepository | None:
@@ -302,6 +312,8 @@ class PredictionStore:
                                         and self._outbox.oldest_age_seconds() <= IN_FLIGHT_SECONDS)
         return StorageStatus.describe(
             answering=answering, on_their_way=on_their_way, pending=pending,
+            connecting=(self._repository is None and self._connect_lock.locked()
+                        and not self._first_attempt_ended.is_set()),
             failure=self._last_failure if self._repository is None else self.writer.last_failure,
             dead_letters=self._outbox.dead_letter_count(), other_target_pending=self._outbox.other_target_count(),
             outbox_path=self._outbox.path, warnings=self._warnings)
@@ -316,12 +328,32 @@ class PredictionStore:
         self._outbox.close()
 
 
+# Whether the process-wide store makes its first connection attempt on the writer's thread
+# (the server, see start_storage) or before get_storage returns (scripts, tests, pages run alone).
+_connect_on_the_writer_thread = False
+
+
 @functools.lru_cache(maxsize=1)
 def get_storage() -> PredictionStore:
     """The process-wide store from the settings; one connection attempt at once (the writer keeps trying after)."""
     store = PredictionStore(get_settings())
+    if _connect_on_the_writer_thread:
+        store.writer.wake()
+        return store
     try:
         store.connect(attempts=1)
     except StorageError as error:
         logger.warning("Starting without Cassandra for now: %s", error)
     return store
+
+
+def start_storage() -> PredictionStore:
+    """The process-wide store for a server that is starting: built at once, connected by its writer.
+
+    Connecting means applying the schema (about 1.7 s when the tables are created on a first
+    launch): the server answers meanwhile, predictions go to the outbox as always, the status
+    says "connecting", and a read waits for that first attempt to end.
+    """
+    global _connect_on_the_writer_thread
+    _connect_on_the_writer_thread = True
+    return get_storage()
