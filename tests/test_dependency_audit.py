@@ -1,45 +1,33 @@
-"""No known vulnerability in the pinned requirements, with evidence for every pin.
+"""The dependency audit's decisions (scripts/dependency_audit.py), offline.
 
-pip-audit (OSV or PyPI's per-release JSON) where it can audit the pin, else PyPI's per-project
-JSON, whose advisories are those of the latest release and so vouch only for a pin that is that
-release (tests/dependency_audit.py). A pin nothing could check fails the test, unless it is the
-newest release that runs on this Python (nothing to upgrade to): that pin is named in a warning
-as unaudited.
+The audit itself needs the network and runs as a step of scripts/test after this suite. Its
+decision is a pure function of the pins, pip-audit's reports and PyPI's project JSON, so what
+it concludes from each kind of evidence (or the lack of it) is checked here without one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import platform
 import sys
-import warnings
 
 import pytest
 
-from tests import dependency_audit
 from tests.conftest import REPOSITORY_ROOT
-from tests.dependency_audit import Pin, PipAuditRun
-
-PIP_AUDIT = pathlib.Path(sys.executable).with_name("pip-audit")
 
 
-@pytest.mark.parametrize("file_name", ["requirements.txt", "requirements-train.txt"])
-def test_requirements_have_no_known_vulnerabilities(tmp_path: pathlib.Path, file_name: str) -> None:
-    """pip-audit (OSV or PyPI per release), else PyPI's advisories for the latest release; no evidence fails."""
-    assert PIP_AUDIT.exists(), f"{PIP_AUDIT} is missing: install requirements-dev.txt"
-    requirements = REPOSITORY_ROOT / file_name
-    runs, verdicts = dependency_audit.audit_requirements(PIP_AUDIT, requirements, tmp_path / "pip-audit-cache")
-    assert len(verdicts) == len(dependency_audit.read_pins(requirements)) >= 2
-    evidence = "\n".join(f"  {verdict.pin}: {verdict.evidence}" for verdict in verdicts)
-    summary = f"{dependency_audit.describe_runs(runs)}\nevidence per pin:\n{evidence}"
-    problems = [problem for verdict in verdicts for problem in verdict.problems]
-    if problems:
-        pytest.fail(f"{file_name} has known vulnerabilities or pins nothing could check:\n"
-                    + "\n".join(problems) + "\n\n" + summary, pytrace=False)
-    unaudited = [verdict.unaudited_reason for verdict in verdicts if verdict.unaudited_reason]
-    if unaudited:
-        warnings.warn("Pins left unaudited here: " + " ".join(unaudited), stacklevel=1)
-    print(summary)  # shown with -rP: which source vouched for each pin
+def _load_the_script():
+    specification = importlib.util.spec_from_file_location(
+        "dependency_audit", REPOSITORY_ROOT / "scripts" / "dependency_audit.py")
+    module = importlib.util.module_from_spec(specification)
+    sys.modules[specification.name] = module  # its dataclasses look their module up there
+    specification.loader.exec_module(module)
+    return module
+
+
+dependency_audit = _load_the_script()
+Pin, PipAuditRun = dependency_audit.Pin, dependency_audit.PipAuditRun
 
 
 def fake_project(version: str, vulnerabilities: list[dict] | None = None, requires_python: str = ">=3.11") -> dict:
