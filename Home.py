@@ -18,7 +18,7 @@ import threading
 import streamlit as st
 
 if __name__ == "__main__":
-    from dashboard import login, resources
+    from dashboard import login, sidebar
 
     st.set_page_config(page_title="Digit reader", page_icon=":material/draw:", layout="wide")
     # (file, title, icon, URL path); the first is the default page.
@@ -35,19 +35,19 @@ if __name__ == "__main__":
     else:
         navigation = st.navigation([st.Page(file, title=title, icon=icon, url_path=url_path, default=index == 0)
                                     for index, (file, title, icon, url_path) in enumerate(pages)])
-        resources.render_sidebar()
+        sidebar.render_sidebar()
         login.render_sign_out()
         navigation.run()
 else:
     # Imported by the server (not run as a page): build the ASGI app with the API routes.
-    from dashboard import resources
+    from dashboard import heap, resources
     from mnist_core import rest_api, settings
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         # The model and store first (milliseconds); the pages' charts warm up in a thread meanwhile.
         resources.load_at_start()
-        threading.Thread(target=resources.freeze_after_warm_up, name="mnist-warm-up", daemon=True).start()
+        threading.Thread(target=heap.freeze_after_warm_up, name="mnist-warm-up", daemon=True).start()
         yield
         resources.shut_down()
 
