@@ -81,7 +81,9 @@ class Segmentation:
     # number reader's line is made from it, and cut_at cuts it where the reader saw digits end.
     ink: np.ndarray | None = None
     scale_back: float = 1.0
-    # Each candidate's ink (its atoms joined), and the model inputs made from it so far.
+    # The ink's mask (found once with the ink), each candidate's ink (its atoms joined), and
+    # the model inputs made from them so far.
+    mask: np.ndarray | None = None
     groups: tuple[Atom, ...] = ()
     _inputs: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, init=False, repr=False,
                                                        compare=False)
@@ -97,10 +99,9 @@ class Segmentation:
     def candidate_inputs(self, indices: Sequence[int]) -> np.ndarray:
         """The model inputs (len(indices), 28, 28) of these candidates, each made once."""
         if len(indices) and self.ink is not None:
-            mask = self.ink >= INK_MASK_LEVEL
             for index in indices:
                 if index not in self._inputs:
-                    self._inputs[index] = _model_input(self.ink, mask, self.groups[index])
+                    self._inputs[index] = _model_input(self.ink, self.mask, self.groups[index])
         if not len(indices):
             return np.zeros((0, MODEL_SIDE, MODEL_SIDE), np.float32)
         return np.stack([self._inputs[index] for index in indices])
@@ -397,7 +398,7 @@ def _segmentation(ink: np.ndarray, mask: np.ndarray, atoms: list[Atom], scale_ba
     return Segmentation(spans=tuple(spans), boxes=tuple(boxes), priors=np.asarray(priors),
                         atom_count=len(atoms), extents=tuple(extents), dots=tuple(dots),
                         wide=tuple(wide), heights=tuple(heights), atoms=tuple(atoms),
-                        by_strokes=by_strokes, ink=ink, scale_back=scale_back,
+                        by_strokes=by_strokes, ink=ink, scale_back=scale_back, mask=mask,
                         groups=tuple(groups))
 
 
