@@ -114,8 +114,25 @@ def go_to(page, title: str) -> None:
     wait_until_idle(page)
 
 
-def today_rows(raw_session, keyspace: str) -> list:
-    """Rows of today and yesterday (UTC): a run may cross midnight between drawing and checking."""
+DRAIN_TIMEOUT_SECONDS = 30.0
+
+
+def today_rows(app_server: str, raw_session, keyspace: str) -> list:
+    """Rows of today and yesterday (UTC), read once the app's writer has sent everything queued.
+
+    A Predict is stored in the outbox and sent to Cassandra by the writer thread a moment later,
+    so a read straight after "Saved." (or after an earlier test's last click) could miss a row
+    that is about to land and see it only in a later read. A run may cross midnight between
+    drawing and checking, hence yesterday too.
+    """
+    deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+    while True:
+        _, health = get_json(f"{app_server}/api/health")
+        storage = health.get("storage", {})
+        if storage.get("state") == "connected" and storage.get("pending") == 0:
+            break
+        assert time.monotonic() < deadline, f"the app's outbox did not drain within {DRAIN_TIMEOUT_SECONDS:.0f} s: {health}"
+        time.sleep(0.2)
     today = datetime.datetime.now(datetime.timezone.utc).date()
     return [row for day in (today - datetime.timedelta(days=1), today) for row in raw_session.execute(
         f"SELECT id, digit, source, true_label, model_input FROM {keyspace}.predictions_by_slot WHERE slot_start IN %s", (day_slots(day),)
@@ -149,7 +166,7 @@ def test_draw_predict_store_feedback_and_history(browser, app_server, mnist, raw
     assert statistics.median(timings) < ANSWER_LIMIT_SECONDS, results
     assert max(timings) < ANSWER_HARD_LIMIT_SECONDS, results
 
-    rows = today_rows(raw_session, module_keyspace)
+    rows = today_rows(app_server, raw_session, module_keyspace)
     canvas_rows = [row for row in rows if row.source == "canvas"]
     assert len(canvas_rows) == len(DRAWN_TEST_INDICES), "one stored row per Predict"
     assert sorted(row.digit for row in canvas_rows) == sorted(int(result["read"].split()[0][0]) for result in results)
@@ -163,7 +180,7 @@ def test_draw_predict_store_feedback_and_history(browser, app_server, mnist, raw
         page.get_by_test_id("stRadio").get_by_text("No", exact=True).click()
         page.get_by_test_id("stButtonGroup").get_by_role("button", name=str(last["label"]), exact=True).click()
     page.get_by_text("Thanks! Recorded").wait_for(timeout=PAGE_TIMEOUT_MS)
-    newest = max(today_rows(raw_session, module_keyspace), key=lambda row: row.id.time)
+    newest = max(today_rows(app_server, raw_session, module_keyspace), key=lambda row: row.id.time)
     assert newest.true_label == last["label"]
 
     go_to(page, "History")
@@ -191,7 +208,7 @@ def test_draw_predict_store_feedback_and_history(browser, app_server, mnist, raw
 def test_upload_is_read_and_stored(browser, app_server, mnist, raw_session, module_keyspace):
     picture = redraw(mnist.test_images[11], "natural", np.random.default_rng(3))
     label = int(mnist.test_labels[11])
-    before = sum(row.source == "upload" for row in today_rows(raw_session, module_keyspace))
+    before = sum(row.source == "upload" for row in today_rows(app_server, raw_session, module_keyspace))
     context, page = open_app(browser, app_server, DESKTOP)
 
     page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
@@ -201,7 +218,7 @@ def test_upload_is_read_and_stored(browser, app_server, mnist, raw_session, modu
     value.wait_for(timeout=PAGE_TIMEOUT_MS)
     assert value.inner_text().startswith(str(label))
     wait_until_idle(page)
-    after = sum(row.source == "upload" for row in today_rows(raw_session, module_keyspace))
+    after = sum(row.source == "upload" for row in today_rows(app_server, raw_session, module_keyspace))
     assert after == before + 1
     context.close()
 
@@ -255,13 +272,15 @@ def test_digits_drawn_over_each_other_are_read_stroke_by_stroke(browser, app_ser
     value = page.get_by_test_id("stMetricValue").first
     value.wait_for(timeout=PAGE_TIMEOUT_MS)
     assert value.inner_text().startswith("10 "), value.inner_text()
+    # Stay until the reading is stored: a later test counts the rows this one leaves.
+    page.get_by_text("Saved.").wait_for(timeout=PAGE_TIMEOUT_MS)
     context.close()
 
 
 def test_a_click_right_after_the_last_stroke_stores_the_whole_drawing_once(browser, app_server, raw_session, module_keyspace):
     """The canvas sends its picture 200 ms after the pen lifts; a click before that is answered at once
     and the late picture then replaces the answer before anything is stored: one row, the whole drawing."""
-    known = {row.id for row in today_rows(raw_session, module_keyspace)}
+    known = {row.id for row in today_rows(app_server, raw_session, module_keyspace)}
     context, page = open_app(browser, app_server, DESKTOP)
     box = canvas_box(page)
     angles = np.linspace(0, 2 * np.pi, 40)
@@ -276,6 +295,6 @@ def test_a_click_right_after_the_last_stroke_stores_the_whole_drawing_once(brows
     page.get_by_text("Saved.").wait_for(timeout=PAGE_TIMEOUT_MS)
     wait_until_idle(page)
     assert metric_value(page, "Prediction").startswith("10 ")
-    new_rows = [row for row in today_rows(raw_session, module_keyspace) if row.id not in known]
+    new_rows = [row for row in today_rows(app_server, raw_session, module_keyspace) if row.id not in known]
     assert [(row.digit, row.source) for row in new_rows] == [(1, "canvas")]
     context.close()
