@@ -17,7 +17,8 @@ CARD_KEYS = {"architecture", "parameter_count", "test_accuracy", "per_class",
 def smoke_options(tmp_path, name: str) -> TrainingOptions:
     # Scanned MNIST and a few non-digits only (the canvas drawings take minutes to make), in
     # batches small enough that batch normalisation's moving statistics settle in two epochs.
-    return TrainingOptions(epochs=2, train_subset=3000, output=tmp_path / name / "model.keras",
+    return TrainingOptions(epochs=2, train_subset=3000, validation_subset=1000,
+                           output=tmp_path / name / "model.keras",
                            data_source="hub", verbose=0, seed=5, canvas_passes=0, mnist_passes=1,
                            batch_size=16, numbers=40)
 
@@ -37,6 +38,7 @@ def test_smoke_training_writes_model_and_card(tmp_path, mnist):
     # Two epochs on 3,000 images already read far better than chance.
     assert card["test_accuracy"] > 0.5
     assert len(card["history"]["val_accuracy"]) == 2
+    assert card["validation_examples"] == 1000 and card["test_examples"] == len(mnist.test_labels)
 
     repeat = train(smoke_options(tmp_path, "second"), data=mnist)
     first, second = load_model(output), load_model(tmp_path / "second" / "model.keras")

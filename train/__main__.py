@@ -25,6 +25,8 @@ def parse_arguments(arguments: list[str]) -> argparse.Namespace:
                         help="a local .npz with x_train, y_train, x_test, y_test")
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train on the first N training images only (smoke runs)")
+    parser.add_argument("--validation-subset", type=int, default=None,
+                        help="validate on the first N validation images only (smoke runs)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--evaluate", type=Path, default=None, metavar="MODEL",
@@ -71,7 +73,7 @@ def main(arguments: list[str] | None = None) -> int:
         output=parsed.output or Path("models/mnist_cnn.keras"), data_source=parsed.data_source,
         npz_path=parsed.npz,
         augment=not parsed.no_augment, train_subset=parsed.train_subset,
-        verbose=2 if parsed.quiet else 1)
+        validation_subset=parsed.validation_subset, verbose=2 if parsed.quiet else 1)
     try:
         card = train(options)
     except DatasetUnavailable as error:

@@ -34,6 +34,9 @@ class TrainingOptions:
     label_smoothing: float = 0.05
     augment: bool = True
     train_subset: int | None = None
+    # Validate on the first N validation digits only: each is also redrawn on the canvas, the
+    # slowest part of a smoke run's preparation. The test split is always read whole.
+    validation_subset: int | None = None
     verbose: int = 1
     # Canvas drawings of each MNIST training digit (see train/canvas_rendering.py), and
     # non-digit drawings as a share of the whole training set.
@@ -163,14 +166,15 @@ def train(options: TrainingOptions, data: MnistSplits | None = None) -> dict:
     if options.architecture == "baseline":
         # The ancestor's network, trained as in 2019: raw MNIST, ten classes.
         training = PreparedSplit(_as_model_input(train_images)[..., 0], train_labels)
-        validation = PreparedSplit(_as_model_input(data.validation_images)[..., 0],
-                                   data.validation_labels)
+        validation = PreparedSplit(_as_model_input(data.validation_images[:options.validation_subset])[..., 0],
+                                   data.validation_labels[:options.validation_subset])
     else:
         training = prepare_split(train_images, train_labels, canvas_passes=options.canvas_passes,
                                  mnist_passes=options.mnist_passes,
                                  non_digit_share=options.non_digit_share, seed=options.seed,
                                  numbers=options.numbers)
-        validation = prepare_split(data.validation_images, data.validation_labels,
+        validation = prepare_split(data.validation_images[:options.validation_subset],
+                                   data.validation_labels[:options.validation_subset],
                                    canvas_passes=1, non_digit_share=options.non_digit_share,
                                    seed=options.seed + 100, numbers=options.numbers // 12)
     preparation_seconds = time.perf_counter() - started
@@ -319,7 +323,7 @@ def build_model_card(network, options: TrainingOptions, data: MnistSplits,
         "composed_numbers": options.numbers,
         "training_examples": int(len(data.train_labels) if not options.train_subset
                                  else min(options.train_subset, len(data.train_labels))),
-        "validation_examples": int(len(data.validation_labels)),
+        "validation_examples": int(len(data.validation_labels[:options.validation_subset])),
         "seed": options.seed,
         "data_source": data.source,
         "data_sha256": data.sha256,
