@@ -118,7 +118,7 @@ async def send_one(client: httpx2.AsyncClient, plan: dict, result: ApiResult) ->
         return
     result.latency_seconds = time.monotonic() - result.scheduled_at
     result.status = response.status_code
-    if response.status_code == 422 and _says_not_a_digit(response):
+    if response.status_code == 422 and says_not_a_digit(response):
         result.refused_as_not_a_digit = True
         return
     if response.status_code != 200:
@@ -134,7 +134,8 @@ async def send_one(client: httpx2.AsyncClient, plan: dict, result: ApiResult) ->
         result.error = "late"
 
 
-def _says_not_a_digit(response: httpx2.Response) -> bool:
+def says_not_a_digit(response: httpx2.Response) -> bool:
+    """Whether a 422 is the model's "not a digit" answer (a reading, not a failure of the server)."""
     try:
         return response.json().get("not_a_digit") is True
     except ValueError:

@@ -5,9 +5,10 @@ image is such a product:
 - MNIST images themselves, sent through the preprocessing as the CLI would read a 28x28 scan;
 - MNIST digits redrawn with a round pen on the 280x280 canvas: each digit is reduced to its
   centre line, warped (rotation, shear, width), given a style many people use and MNIST's
-  writers rarely did (a crossbar on 7, a flag and a foot on 1, a curved tail on 9, an open
-  top on 4), and painted at any size from a small corner digit to one filling the canvas,
-  with a pen 9 to 22 px wide;
+  writers rarely did (a crossbar and a serif on 7; a flag, long or short, and a foot on 1;
+  a curved tail, or a stem bending into a foot far to the left, on 9; an open top or a
+  one-stroke rounded form on 4), and painted at any size from a small corner digit to one
+  filling the canvas, with a pen 9 to 22 px wide;
 - drawings that are *not* digits, the eleventh class: wandering pen strokes, dashes, smooth
   random curves, two digits run together (so a merged pair is never read as one digit),
   letters from Pillow's bundled font, and digits turned on their side.
@@ -40,7 +41,13 @@ class StyleSettings:
     flag_one: float = 0.6
     foot_one: float = 0.35
     tail_nine: float = 0.3
+    # Of the tailed 9s, the share whose stem bends into a long foot to the left (like a "g").
+    hooked_nine: float = 0.5
     open_four: float = 0.3
+    # 7s whose top bar starts with a short stroke down (a serif), as many Europeans write them.
+    serif_seven: float = 0.3
+    # 4s written in one stroke like a Cyrillic "ch": the arm curves down into the bar.
+    rounded_four: float = 0.25
     rotation_degrees: float = 12.0
     shear_degrees: float = 18.0
     width_range: tuple[float, float] = (0.7, 1.3)
@@ -98,34 +105,65 @@ def with_style(points: np.ndarray, label: int, random: np.random.Generator,
     """The digit's centre points plus any strokes a style adds (heights are 1, y down)."""
     extra: list[np.ndarray] = []
     width = float(points[:, 0].max())
-    if label == 7 and random.random() < style.crossbar_seven:
-        # A crossbar through the stem, a little below the middle.
-        level = float(random.uniform(0.45, 0.62))
-        band = points[np.abs(points[:, 1] - level) < 0.06]
-        if len(band):
-            centre = float(np.median(band[:, 0]))
-            half = float(random.uniform(0.15, 0.28))
-            tilt = float(random.uniform(-0.05, 0.05))
-            extra.append(_line((centre - half, level + tilt), (centre + half, level - tilt)))
+    if label == 7:
+        if random.random() < style.crossbar_seven:
+            # A crossbar through the stem, a little below the middle.
+            level = float(random.uniform(0.4, 0.68))
+            band = points[np.abs(points[:, 1] - level) < 0.06]
+            if len(band):
+                centre = float(np.median(band[:, 0])) + float(random.uniform(-0.05, 0.05))
+                half = float(random.uniform(0.12, 0.35))
+                tilt = float(random.uniform(-0.08, 0.08))
+                extra.append(_line((centre - half, level + tilt), (centre + half, level - tilt)))
+        if random.random() < style.serif_seven:
+            # The top bar starts with a short stroke down at its left end.
+            top = points[points[:, 1] < 0.15]
+            if len(top):
+                start = top[top[:, 0].argmin()]
+                length = float(random.uniform(0.08, 0.25))
+                extra.append(_line(start, (start[0] + float(random.uniform(-0.06, 0.03)),
+                                           start[1] + length)))
     elif label == 1:
         top = points[points[:, 1].argmin()]
         bottom = points[points[:, 1].argmax()]
         if random.random() < style.flag_one:
-            length = float(random.uniform(0.2, 0.55))
-            angle = np.radians(float(random.uniform(25.0, 70.0)))
+            # From a short steep serif to a long flag only a little below level, as many
+            # European writers draw it (easily taken for a 7 if never seen in training).
+            length = float(random.uniform(0.2, 0.75))
+            angle = np.radians(float(random.uniform(8.0, 70.0)))
             extra.append(_line(top, (top[0] - length * np.cos(angle),
                                      top[1] + length * np.sin(angle))))
         if random.random() < style.foot_one:
             half = float(random.uniform(0.15, 0.3))
             extra.append(_line((bottom[0] - half, bottom[1]), (bottom[0] + half, bottom[1])))
     elif label == 9 and random.random() < style.tail_nine:
-        # The stem's end curls to the left.
         bottom = points[points[:, 1].argmax()]
-        radius = float(random.uniform(0.1, 0.2)) * max(width, 0.5)
-        keep = points[points[:, 1] < bottom[1] - radius]
-        extra.append(_arc((bottom[0] - radius, bottom[1] - radius), radius, 0.0,
-                          float(random.uniform(0.6, 1.0)) * np.pi))
-        points = keep if len(keep) > 10 else points
+        if random.random() < style.hooked_nine:
+            # The stem bends down and to the left, like a "g" or a "J": a bend that turns
+            # a quarter to nearly a half circle, then a foot on in the same direction.
+            cut = float(random.uniform(0.1, 0.3))
+            keep = points[points[:, 1] < bottom[1] - cut]
+            if len(keep) > 10:
+                end = keep[keep[:, 1].argmax()]
+                turn = float(random.uniform(0.5, 0.95)) * np.pi
+                bend = _arc((end[0] - cut, end[1]), cut, 0.0, turn)
+                # A bend that already turns back up gets only a short foot (else it closes a loop).
+                length = float(random.uniform(0.1, 0.5) if turn < 0.75 * np.pi
+                               else random.uniform(0.0, 0.15))
+                tip = bend[-1]
+                foot = _line(tip, tip + length * np.array([-np.sin(turn), np.cos(turn)]))
+                extra.append(np.concatenate([bend, foot[1:]]))
+                points = keep
+        else:
+            # The stem's end curls to the left.
+            radius = float(random.uniform(0.1, 0.2)) * max(width, 0.5)
+            keep = points[points[:, 1] < bottom[1] - radius]
+            extra.append(_arc((bottom[0] - radius, bottom[1] - radius), radius, 0.0,
+                              float(random.uniform(0.6, 1.0)) * np.pi))
+            points = keep if len(keep) > 10 else points
+    elif label == 4 and random.random() < style.rounded_four:
+        points, arm = _rounded_four(random)
+        extra.append(arm)
     elif label == 4 and random.random() < style.open_four:
         # An open 4: the left arm stops short of the stem.
         right = points[:, 0] > 0.6 * width
@@ -134,6 +172,29 @@ def with_style(points: np.ndarray, label: int, random: np.random.Generator,
         points = points[(points[:, 0] > stem_x - 0.05) | (points[:, 1] > 0.5)
                         | (points[:, 0] < stem_x - 0.05 - gap)]
     return [points, *extra]
+
+
+def _rounded_four(random: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 4 drawn like a "ch": the stem as dense points, and the arm that curves into the bar.
+
+    MNIST's 4s nearly all have a sharp corner; this shape is drawn from scratch, since no
+    edit of their centre lines gives the round, open-topped form.
+    """
+    stem_x = float(random.uniform(0.45, 0.75))
+    stem_top = float(random.uniform(0.0, 0.2))
+    lean = float(random.uniform(-0.08, 0.08))
+    stem = _line((stem_x + lean, stem_top), (stem_x, 1.0), 120)
+    bar_y = float(random.uniform(0.45, 0.72))
+    arm_x = float(random.uniform(0.0, 0.12))
+    arm_top = float(random.uniform(0.0, 0.2))
+    # From a small rounded corner to a "U" whose bottom runs straight into the stem.
+    radius = float(random.uniform(0.06, 1.0)) * min(stem_x - arm_x, bar_y - arm_top - 0.05)
+    down = _line((arm_x + float(random.uniform(-0.06, 0.06)), arm_top), (arm_x, bar_y - radius))
+    corner = _arc((arm_x + radius, bar_y - radius), radius, np.pi, np.pi / 2)
+    rise = float(random.uniform(0.0, 0.12))
+    reach = stem_x + float(random.uniform(-0.02, 0.12))
+    bar = _line(corner[-1], (reach, bar_y - rise))
+    return stem, np.concatenate([down, corner[1:], bar[1:]])
 
 
 # ---------------------------------------------------------------------------------------

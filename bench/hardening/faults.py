@@ -16,7 +16,7 @@ import httpx2
 
 from bench.hardening.report import say
 from harness.accounting import account
-from harness.api_load import API_CLIENT_TIMEOUT_SECONDS
+from harness.api_load import API_CLIENT_TIMEOUT_SECONDS, says_not_a_digit
 from harness.app_process import AppProcess
 from harness.cassandra_node import CassandraNode
 
@@ -64,6 +64,7 @@ def run_restart_fault(*, app: AppProcess, node: CassandraNode, keyspace: str, da
         "started again")
     node.stop()
     ids, failures, outcomes = [], collections.Counter(), collections.Counter()
+    refused_as_not_a_digit = 0
     with httpx2.Client(base_url=app.base_url, timeout=API_CLIENT_TIMEOUT_SECONDS, trust_env=False,
                        headers=app.api_headers) as client:
         for index in range(count):
@@ -73,6 +74,10 @@ def run_restart_fault(*, app: AppProcess, node: CassandraNode, keyspace: str, da
             except httpx2.HTTPError as error:
                 failures[f"transport {type(error).__name__}"] += 1
                 expected["unknown_api"] += 1
+                continue
+            if response.status_code == 422 and says_not_a_digit(response):
+                # The model's answer, as the load counts it: nothing is stored, and nothing failed.
+                refused_as_not_a_digit += 1
                 continue
             if response.status_code != 200:
                 failures[f"HTTP {response.status_code}"] += 1
@@ -84,7 +89,8 @@ def run_restart_fault(*, app: AppProcess, node: CassandraNode, keyspace: str, da
     pending_before_stop = health.get("storage", {}).get("pending")
     code, stop_seconds, had_to_kill = app.stop()
     queued_on_disk = outbox_rows(data_directory)
-    say(f"  {len(ids)} answered {dict(outcomes)} ({dict(failures) or 'no failures'}); /api/health pending "
+    say(f"  {len(ids)} answered {dict(outcomes)} ({dict(failures) or 'no failures'}; {refused_as_not_a_digit} "
+        f"refused as not a digit); /api/health pending "
         f"{pending_before_stop}; app "
         f"exited with {code} in {stop_seconds:.1f} s{' (SIGKILL needed)' if had_to_kill else ''}; "
         f"{queued_on_disk} entries in the outbox file")
@@ -113,6 +119,7 @@ def run_restart_fault(*, app: AppProcess, node: CassandraNode, keyspace: str, da
     figures.update({
         "restart_predictions": len(ids),
         "restart_errors": sum(failures.values()),
+        "restart_refused_as_not_a_digit": refused_as_not_a_digit,
         "restart_outcomes": dict(outcomes),
         "outbox_entries_after_app_stop": queued_on_disk,
         "app_stop_s": round(stop_seconds, 1),
