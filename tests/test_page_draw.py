@@ -97,13 +97,10 @@ def test_a_blank_canvas_says_draw_first_and_stores_nothing(app_settings, fake_ca
     assert len(stored_records(app_settings)) == before
 
 
-def test_a_letter_is_answered_not_a_digit_and_stores_nothing(app_settings, fake_canvas):
-    from evaluation.non_digits import draw_letter
-
+def test_a_letter_is_answered_not_a_digit_and_stores_nothing(app_settings, fake_canvas, refused_letter):
     app = draw_page()
     before = len(stored_records(app_settings))
-    # (An H now reads as "14": see the letters bar in test_model_quality.py.)
-    fake_canvas.picture = draw_letter("A", np.random.default_rng(4))
+    fake_canvas.picture = refused_letter()
     app.button(key="draw_predict").click().run()
 
     assert not app.exception, app.exception

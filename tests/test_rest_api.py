@@ -103,14 +103,14 @@ def test_a_blank_image_is_422_and_stores_nothing(client, store):
     assert len(store.latest(200)) == before
 
 
-def test_a_letter_is_422_not_a_digit_and_stores_nothing(client, store):
-    from evaluation.non_digits import draw_letter
+def test_a_letter_is_422_not_a_digit_and_stores_nothing(client, store, refused_letter):
+    def as_uploaded(picture):
+        return 255 - picture[..., 3]
 
     before = len(store.latest(200))
-    # A capital A, the kind of thing a person writes to see what happens. (An H reads as "14" since
-    # pieces no wider than a digit are cut; the letters bar in test_model_quality.py tracks that.)
-    picture = draw_letter("A", np.random.default_rng(4))
-    response = client.post("/api/predict", content=png_bytes(255 - picture[..., 3]))
+    # A capital letter, the kind of thing a person writes to see what happens.
+    picture = refused_letter(as_uploaded)
+    response = client.post("/api/predict", content=png_bytes(as_uploaded(picture)))
     assert response.status_code == 422, response.text
     answer = response.json()
     assert answer["not_a_digit"] is True and answer["digit"] is None
