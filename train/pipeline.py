@@ -161,21 +161,21 @@ def train(options: TrainingOptions, data: MnistSplits | None = None) -> dict:
     if options.train_subset:
         train_images = train_images[:options.train_subset]
         train_labels = train_labels[:options.train_subset]
+    validation_images = data.validation_images[:options.validation_subset]
+    validation_labels = data.validation_labels[:options.validation_subset]
     network = model_module.build_model(options.architecture)
     classes = int(network.output_shape[-1])
     if options.architecture == "baseline":
         # The ancestor's network, trained as in 2019: raw MNIST, ten classes.
         training = PreparedSplit(_as_model_input(train_images)[..., 0], train_labels)
-        validation = PreparedSplit(_as_model_input(data.validation_images[:options.validation_subset])[..., 0],
-                                   data.validation_labels[:options.validation_subset])
+        validation = PreparedSplit(_as_model_input(validation_images)[..., 0], validation_labels)
     else:
         training = prepare_split(train_images, train_labels, canvas_passes=options.canvas_passes,
                                  mnist_passes=options.mnist_passes,
                                  non_digit_share=options.non_digit_share, seed=options.seed,
                                  numbers=options.numbers)
-        validation = prepare_split(data.validation_images[:options.validation_subset],
-                                   data.validation_labels[:options.validation_subset],
-                                   canvas_passes=1, non_digit_share=options.non_digit_share,
+        validation = prepare_split(validation_images, validation_labels, canvas_passes=1,
+                                   non_digit_share=options.non_digit_share,
                                    seed=options.seed + 100, numbers=options.numbers // 12)
     preparation_seconds = time.perf_counter() - started
     validation_targets = np.eye(classes, dtype=np.float32)[validation.labels]
